@@ -1,0 +1,1 @@
+//! Fixtures for black-box tests of the built berth binaries.

@@ -1,0 +1,1 @@
+//! seccomp: the spec's profile compiled to BPF, and the built-in RuntimeDefault profile.
