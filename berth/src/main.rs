@@ -1,1 +1,36 @@
-fn main() {}
+//! `berth`: one binary, a subcommand per component. Invoked as `berth-oci` it is
+//! the runc-compatible OCI runtime.
+
+mod log;
+mod oci;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "berth: a Kubernetes node stack")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The runc-compatible OCI runtime (also installed as `berth-oci`).
+    Oci(oci::Args),
+}
+
+fn main() {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let name = std::path::Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let code = if name == "berth-oci" {
+        oci::main(<oci::Args as Parser>::parse())
+    } else {
+        match Cli::parse().command {
+            Command::Oci(args) => oci::main(args),
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,1 +1,32 @@
 //! Fixtures for black-box tests of the built berth binaries.
+//!
+//! - [`rootfs`]: a busybox rootfs from Debian's busybox-static, built once
+//!   per process and cloned cheaply;
+//! - [`spec`], [`bundle`]: config.json as `runc spec` writes it, with edits;
+//! - [`runtime`]: the runtime under test (berth as `berth-oci`, or runc when
+//!   `BERTH_OCI=/usr/sbin/runc`) with a private `--root`;
+//! - [`leak`]: before/after snapshots of mounts, cgroups and processes;
+//! - [`caps`], [`cgroup`], [`console`], [`proc`]: capability sets, cgroup
+//!   files, console sockets, /proc;
+//! - [`image`], [`containerd`]: an OCI image tarball and a private containerd.
+
+pub mod bundle;
+pub mod caps;
+pub mod cgroup;
+pub mod console;
+pub mod containerd;
+pub mod exec;
+pub mod image;
+pub mod leak;
+pub mod proc;
+pub mod rootfs;
+pub mod runtime;
+pub mod spec;
+pub mod workdir;
+
+pub use bundle::Bundle;
+pub use exec::{Output, wait_until};
+pub use leak::LeakCheck;
+pub use runtime::{Flavor, Runtime, State, skip_unless_berth};
+pub use spec::{CapSpec, Spec};
+pub use workdir::unique_id;

@@ -1,5 +1,15 @@
 //! berth's container runtime: the engine that turns an OCI bundle into a running, supervised container.
 
+pub mod bundle;
+pub mod console;
+pub mod container;
 pub mod cgroups;
 pub mod crilog;
+pub mod hooks;
+pub mod id;
+pub mod monitor;
+pub mod process;
+pub mod rootfs;
 pub mod seccomp;
+pub mod state;
+pub mod syscall;

@@ -1,0 +1,289 @@
+//! A private containerd 1.6 daemon: own socket, root, state and namespace,
+//! all in a temp dir; killed and removed on drop, with its containers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::exec::{self, Output, Spawned, wait_until};
+use crate::image::write_oci_archive;
+use crate::proc;
+use crate::runtime::which;
+use crate::workdir::{mounts_below, remove_tree_if_unmounted, tempdir, unique_id};
+
+/// Name under which the busybox image is imported.
+pub const BUSYBOX_IMAGE: &str = "docker.io/library/berth-busybox:test";
+
+/// A running private containerd.
+pub struct Containerd {
+    dir: PathBuf,
+    pub socket: PathBuf,
+    pub namespace: String,
+    daemon: Option<Spawned>,
+    seq: AtomicU64,
+    /// Whether /run/containerd existed before (ctr and the shims create
+    /// `fifo/` and `s/` there).
+    run_dir_existed: bool,
+}
+
+const RUN_DIR: &str = "/run/containerd";
+
+fn path_env() -> String {
+    let mut p = std::env::var("PATH").unwrap_or_default();
+    for d in ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
+        if !p.split(':').any(|x| x == d) {
+            if !p.is_empty() {
+                p.push(':');
+            }
+            p.push_str(d);
+        }
+    }
+    p
+}
+
+/// Checks containerd, ctr and containerd-shim-runc-v2 are installed.
+pub fn check_installed() -> Result<()> {
+    for b in ["containerd", "ctr", "containerd-shim-runc-v2"] {
+        if which(b).is_none() {
+            bail!("{b} not found in PATH: install Debian's containerd package");
+        }
+    }
+    Ok(())
+}
+
+impl Containerd {
+    /// Starts containerd (CRI plugin disabled) and waits until it answers.
+    pub fn start() -> Result<Containerd> {
+        check_installed()?;
+        let run_dir_existed = Path::new(RUN_DIR).exists();
+        let dir = tempdir("containerd-")?.keep();
+        let socket = dir.join("c.sock");
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+  address = "{s}"
+
+[ttrpc]
+  address = "{s}.ttrpc"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+"#,
+            d = dir.display(),
+            s = socket.display()
+        );
+        std::fs::write(dir.join("config.toml"), config)?;
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config")
+            .arg(dir.join("config.toml"))
+            .env("PATH", path_env());
+        let daemon = Spawned::start(cmd, &dir.join("containerd"))?;
+        let mut c = Containerd {
+            dir,
+            socket,
+            namespace: unique_id("berth-it-ctrd"),
+            daemon: Some(daemon),
+            seq: AtomicU64::new(0),
+            run_dir_existed,
+        };
+        let ready = wait_until(Duration::from_secs(30), "containerd to answer", || {
+            if let Some(d) = &c.daemon
+                && !proc::alive(d.pid())
+            {
+                bail!("containerd exited: {}", c.log());
+            }
+            Ok(c.ctr_timeout(&["version"], Duration::from_secs(5))
+                .is_ok_and(|o| o.success())
+                .then_some(()))
+        });
+        if let Err(e) = ready {
+            let log = c.log();
+            c.shutdown();
+            bail!("{e:#}\ncontainerd log:\n{log}");
+        }
+        Ok(c)
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.stderr")).unwrap_or_default()
+    }
+
+    /// A private directory for runc's `--root` (ctr run --runc-root).
+    pub fn runc_root(&self) -> PathBuf {
+        self.dir.join("runc")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs `ctr --address SOCK --namespace NS ARGS...` with a 120 s deadline.
+    pub fn ctr(&self, args: &[&str]) -> Result<Output> {
+        self.ctr_timeout(args, Duration::from_secs(120))
+    }
+
+    pub fn ctr_timeout(&self, args: &[&str], timeout: Duration) -> Result<Output> {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .args(args)
+            .env("PATH", path_env());
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        exec::run(cmd, &self.dir.join(format!("ctr-{n}")), timeout)
+    }
+
+    /// Builds the busybox OCI image tarball and imports it; returns its name.
+    pub fn import_busybox(&self) -> Result<String> {
+        let tar = self.dir.join("busybox-oci.tar");
+        write_oci_archive(crate::rootfs::template()?, BUSYBOX_IMAGE, &tar)?;
+        let tar = tar.to_string_lossy().into_owned();
+        self.ctr(&["images", "import", &tar])?.check()?;
+        let ls = self.ctr(&["images", "ls", "-q"])?.check()?;
+        if !ls.stdout.lines().any(|l| l.trim() == BUSYBOX_IMAGE) {
+            bail!("{BUSYBOX_IMAGE} not listed after import: {ls}");
+        }
+        Ok(BUSYBOX_IMAGE.to_string())
+    }
+
+    fn list(&self, what: &[&str]) -> Vec<String> {
+        self.ctr_timeout(what, Duration::from_secs(30))
+            .map(|o| {
+                o.stdout
+                    .lines()
+                    .filter_map(|l| l.split_whitespace().next().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Removes tasks, containers and images, stops the daemon, kills what it
+    /// left running in our namespace, unmounts and removes the temp dir.
+    pub fn shutdown(&mut self) {
+        let Some(daemon) = self.daemon.take() else {
+            return;
+        };
+        if proc::alive(daemon.pid()) {
+            for t in self.list(&["tasks", "ls", "-q"]) {
+                let _ = self.ctr_timeout(
+                    &["tasks", "kill", "-s", "SIGKILL", &t],
+                    Duration::from_secs(30),
+                );
+                let _ =
+                    self.ctr_timeout(&["tasks", "delete", "--force", &t], Duration::from_secs(30));
+            }
+            for c in self.list(&["containers", "ls", "-q"]) {
+                let _ = self.ctr_timeout(&["containers", "delete", &c], Duration::from_secs(30));
+            }
+            for i in self.list(&["images", "ls", "-q"]) {
+                let _ = self.ctr_timeout(&["images", "rm", &i], Duration::from_secs(30));
+            }
+        }
+        let pid = daemon.pid();
+        // SAFETY: signalling the daemon we started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        if daemon.wait(Duration::from_secs(10)).is_err() {
+            eprintln!("containerd did not stop on SIGTERM; killed");
+        }
+        // Shims started by this daemon carry its socket address.
+        let sock = self.socket.to_string_lossy().into_owned();
+        for p in proc::pids() {
+            let cl = proc::cmdline(p);
+            if cl.contains("containerd-shim") && cl.contains(&sock) {
+                // SAFETY: a shim of the daemon we started.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+        self.remove_namespace_cgroups();
+        for m in mounts_below(&self.dir).into_iter().rev() {
+            if let Ok(c) = std::ffi::CString::new(m.to_string_lossy().as_bytes()) {
+                // SAFETY: detaching a mount below our own temp dir.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+        remove_tree_if_unmounted(&self.dir);
+        if !self.run_dir_existed {
+            // Only empty directories are removed.
+            for d in ["fifo", "s", ""] {
+                let _ = std::fs::remove_dir(Path::new(RUN_DIR).join(d));
+            }
+        }
+    }
+
+    /// Kills processes left in, and removes, cgroups named after our
+    /// (unique) containerd namespace: `<hierarchy>/<ns>` (runc, cgroupsPath
+    /// "/<ns>/<id>") and `<hierarchy>/berth/<ns>`.
+    fn remove_namespace_cgroups(&self) {
+        for h in proc::cgroup_hierarchies() {
+            for base in [
+                h.join(&self.namespace),
+                h.join("berth").join(&self.namespace),
+            ] {
+                if base.is_dir() {
+                    kill_and_remove_cgroup(&base);
+                }
+            }
+        }
+    }
+}
+
+fn kill_and_remove_cgroup(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                kill_and_remove_cgroup(&e.path());
+            }
+        }
+    }
+    for _ in 0..50 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<i32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.is_empty() {
+            break;
+        }
+        for p in pids {
+            // SAFETY: a process in a cgroup of our private namespace.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Context for errors: the daemon log tail.
+pub fn with_log<T>(c: &Containerd, r: Result<T>) -> Result<T> {
+    r.with_context(|| {
+        let log = c.log();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        format!(
+            "containerd log (last lines):\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    })
+}

@@ -1,0 +1,434 @@
+//! `create`: from a bundle to an init waiting at the start barrier.
+//!
+//! The order, each step undone if a later one fails:
+//! 1. validate the ID, config.json, seccomp profile (nothing exists yet);
+//! 2. reserve the state dir (the atomic "already exists" check), copy the config;
+//! 3. make the cgroup and apply resources;
+//! 4. fork the monitor (unless told not to), which forks stage 1 of the
+//!    container (see `init`), puts it in the cgroup, writes its id maps, runs
+//!    prestart/createRuntime hooks when stage 2 asks, and records the state once
+//!    stage 2 waits at the barrier.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::sched::CloneFlags;
+use nix::unistd::{ForkResult, Pid};
+use oci_spec::runtime::LinuxNamespaceType;
+
+use super::channel::{Channel, Msg};
+use super::init::{self, InitConfig, Kind};
+use super::{Engine, EngineError, Result, io, sys};
+use crate::bundle::Bundle;
+use crate::cgroups::{self, Cgroup};
+use crate::process::CapSets;
+use crate::state::{self, ContainerState};
+
+/// Who supervises the init after `create` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MonitorMode {
+    /// berth's monitor, unless a child subreaper (containerd's shim, conmon)
+    /// adopts it: then the caller already supervises, and the init is handed to it
+    /// as runc would.
+    #[default]
+    Auto,
+    Always,
+    /// The caller supervises (runc's model).
+    Never,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    /// Container stdout/stderr go here in the CRI log format (needs the monitor).
+    pub cri_log: Option<PathBuf>,
+    pub monitor: MonitorMode,
+    pub preserve_fds: i32,
+}
+
+/// Undoes a half-made container unless disarmed.
+struct Undo<'a> {
+    engine: &'a Engine,
+    id: String,
+    cgroup: Option<Box<dyn Cgroup>>,
+    armed: bool,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(cg) = &self.cgroup {
+            for pid in cg.pids().unwrap_or_default() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+            super::wait_until(std::time::Duration::from_secs(5), || cg.pids().map(|p| p.is_empty()).unwrap_or(true));
+            if let Err(e) = cg.destroy() {
+                tracing::warn!(id = %self.id, error = %e, "removing the cgroup of a failed create");
+            }
+        }
+        let _ = self.engine.root.remove(&self.id);
+    }
+}
+
+impl Engine {
+    pub fn create(&self, o: &CreateOptions) -> Result<ContainerState> {
+        crate::id::validate(&o.id)?;
+        let bundle = Bundle::load(&o.bundle)?;
+        let process = bundle.spec.process().clone().ok_or_else(|| EngineError::Bundle(crate::bundle::BundleError::Invalid {
+            field: "process".into(),
+            message: "missing; nothing to run".into(),
+        }))?;
+        let linux = bundle.spec.linux().clone().unwrap_or_default();
+        let seccomp = match linux.seccomp() {
+            Some(s) => Some(crate::seccomp::compile(s)?),
+            None => None,
+        };
+        if o.cri_log.is_some() && o.monitor == MonitorMode::Never {
+            return Err(EngineError::Setup { id: o.id.clone(), message: "a CRI log needs berth's monitor".into() });
+        }
+        if process.terminal().unwrap_or(false) && o.console_socket.is_none() {
+            return Err(EngineError::Setup { id: o.id.clone(), message: "process.terminal is set: --console-socket is required".into() });
+        }
+        let dir = self.root.reserve(&o.id)?;
+        let mut undo = Undo { engine: self, id: o.id.clone(), cgroup: None, armed: true };
+        let config_text = serde_json::to_vec(&bundle.spec).map_err(|e| io("encoding config")(std::io::Error::other(e)))?;
+        state::write_atomic(&dir.join(state::CONFIG_FILE), &config_text)?;
+
+        let rel = cgroups::resolve_path(linux.cgroups_path().as_ref().and_then(|p| p.to_str()), &o.id)?;
+        let cg = cgroups::open(&self.cgroups, &rel)?;
+        cg.create()?;
+        undo.cgroup = Some(cg);
+        let cg = undo.cgroup.as_ref().map(|c| c.as_ref()).ok_or_else(|| EngineError::Setup { id: o.id.clone(), message: "cgroup".into() })?;
+        let resources = with_default_devices(linux.resources().clone().unwrap_or_default(), linux.devices().as_deref().unwrap_or_default());
+        cg.apply(&resources)?;
+        let fifo = dir.join(state::FIFO_FILE);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(sys(format!("mkfifo {}", fifo.display())))?;
+        let console = match &o.console_socket {
+            Some(p) => Some(connect_console(p)?),
+            None => None,
+        };
+
+        let mut joins = Vec::new();
+        let mut unshare = CloneFlags::empty();
+        let mut new_pid = false;
+        let namespaces = linux.namespaces().clone().unwrap_or_default();
+        for ns in &namespaces {
+            let flag = init::clone_flag(ns.typ());
+            match ns.path() {
+                Some(p) => joins.push((flag, p.clone())),
+                None => {
+                    unshare |= flag;
+                    new_pid |= ns.typ() == LinuxNamespaceType::Pid;
+                }
+            }
+        }
+        // The user namespace is joined first: the others' permissions depend on it.
+        joins.sort_by_key(|(f, _)| *f != CloneFlags::CLONE_NEWUSER);
+        let hierarchies = std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|t| crate::rootfs::parse_cgroup_mounts(&t))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|h| h.mount_point.starts_with(&self.cgroups.mount_root))
+            .collect();
+        let caps = CapSets::from_spec(process.capabilities().as_ref());
+        let cfg = InitConfig {
+            kind: Kind::Create,
+            id: o.id.clone(),
+            bundle: bundle.dir.clone(),
+            spec: bundle.spec.clone(),
+            process,
+            rootfs: bundle.rootfs.clone(),
+            fifo: Some(fifo),
+            console,
+            stdio: None,
+            hierarchies,
+            cgroup_path: Path::new("/").join(&self.cgroups.parent).join(&rel),
+            seccomp,
+            caps,
+            joins,
+            unshare,
+            preserve_fds: o.preserve_fds,
+        };
+        let record = ContainerState {
+            id: o.id.clone(),
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            pid: 0,
+            pid_start: 0,
+            created: crate::crilog::format_timestamp(std::time::SystemTime::now()),
+            cgroup: rel,
+            cgroup_mount_root: self.cgroups.mount_root.clone(),
+            cgroup_parent: self.cgroups.parent.clone(),
+            monitor_pid: None,
+            owner: String::new(),
+            annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+            new_pid_namespace: new_pid,
+        };
+        let st = match o.monitor {
+            MonitorMode::Never => {
+                set_subreaper()?;
+                self.spawn_and_record(cfg, cg, record, &dir)?
+            }
+            mode => self.create_under_monitor(cfg, cg, record, &dir, mode, o.cri_log.as_deref())?,
+        };
+        if let Some(p) = &o.pid_file {
+            state::write_atomic(p, st.pid.to_string().as_bytes())?;
+        }
+        undo.armed = false;
+        Ok(st)
+    }
+
+    fn spawn_and_record(&self, cfg: InitConfig, cg: &dyn Cgroup, mut record: ContainerState, dir: &Path) -> Result<ContainerState> {
+        let pid = spawn(&cfg, cg, |pid| run_create_hooks(&cfg, pid)).map_err(|message| EngineError::Setup { id: cfg.id.clone(), message })?;
+        record.pid = pid;
+        record.pid_start = state::proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
+        state::write_json(&dir.join(state::STATE_FILE), &record)?;
+        Ok(record)
+    }
+
+    /// Forks the monitor (through an intermediate, so it is not our child) and
+    /// lets it create the container; returns what it reports.
+    fn create_under_monitor(&self, mut cfg: InitConfig, cg: &dyn Cgroup, record: ContainerState, dir: &Path, mode: MonitorMode, cri_log: Option<&Path>) -> Result<ContainerState> {
+        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+        let log = match cri_log {
+            Some(p) => Some(crate::crilog::CriLogWriter::open(p).map_err(|e| EngineError::Setup { id: cfg.id.clone(), message: format!("CRI log {}: {e}", p.display()) })?),
+            None => None,
+        };
+        let pipes = if log.is_some() {
+            let out = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+            let err = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+            cfg.stdio = Some((out.1, err.1));
+            Some((out.0, err.0))
+        } else {
+            None
+        };
+        // SAFETY: the CLI is single-threaded when it creates containers.
+        match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
+            ForkResult::Child => {
+                drop(report_r);
+                let _ = nix::unistd::setsid();
+                // SAFETY: still single-threaded.
+                match unsafe { nix::unistd::fork() } {
+                    Ok(ForkResult::Child) => {
+                        let middle = nix::unistd::getppid();
+                        let code = self.monitor_main(cfg, cg, record, dir, mode, middle, report_w, pipes, log);
+                        // SAFETY: ends the monitor without unwinding into the CLI's main.
+                        unsafe { libc::_exit(code) }
+                    }
+                    // SAFETY: the intermediate's only job was to fork.
+                    _ => unsafe { libc::_exit(0) },
+                }
+            }
+            ForkResult::Parent { child } => {
+                drop(report_w);
+                drop(cfg);
+                drop(pipes);
+                let _ = nix::sys::wait::waitpid(child, None);
+                let mut buf = Vec::new();
+                std::fs::File::from(report_r).read_to_end(&mut buf).map_err(io("reading the monitor's report"))?;
+                match serde_json::from_slice::<std::result::Result<ContainerState, String>>(&buf) {
+                    Ok(Ok(st)) => Ok(st),
+                    Ok(Err(message)) => Err(EngineError::Setup { id: record.id, message }),
+                    Err(_) => Err(EngineError::Setup { id: record.id, message: "the monitor exited without a report".into() }),
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn monitor_main(&self, cfg: InitConfig, cg: &dyn Cgroup, mut record: ContainerState, dir: &Path, mode: MonitorMode, middle: Pid, report: OwnedFd, pipes: Option<(OwnedFd, OwnedFd)>, log: Option<crate::crilog::CriLogWriter>) -> i32 {
+        // Wait to be orphaned, then see who adopted us.
+        let mut spins = 0;
+        while nix::unistd::getppid() == middle && spins < 20_000 {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+            spins += 1;
+        }
+        let adopted_by_subreaper = nix::unistd::getppid().as_raw() > 1;
+        let stand_aside = mode == MonitorMode::Auto && adopted_by_subreaper && log.is_none();
+        let mut report = std::fs::File::from(report);
+        let sfd = match super::wait::block_signals() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = report.write_all(&serde_json::to_vec(&Err::<ContainerState, _>(e)).unwrap_or_default());
+                return 1;
+            }
+        };
+        if let Err(e) = set_subreaper() {
+            let _ = report.write_all(&serde_json::to_vec(&Err::<ContainerState, _>(e.to_string())).unwrap_or_default());
+            return 1;
+        }
+        if !stand_aside {
+            record.monitor_pid = Some(std::process::id() as i32);
+        }
+        let result = self.spawn_and_record(cfg, cg, record, dir);
+        let st = match result {
+            Ok(st) => st,
+            Err(e) => {
+                let _ = report.write_all(&serde_json::to_vec(&Err::<ContainerState, _>(e.to_string())).unwrap_or_default());
+                return 1;
+            }
+        };
+        let _ = report.write_all(&serde_json::to_vec(&Ok::<_, String>(st.clone())).unwrap_or_default());
+        drop(report);
+        if stand_aside {
+            // The init is handed to the subreaper that adopted us.
+            return 0;
+        }
+        // The caller's stdio belongs to the container now; holding it would keep a
+        // reader of the caller's output waiting after the container exits.
+        if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+            for fd in 0..3 {
+                // SAFETY: dup2 onto our own standard descriptors.
+                unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            }
+        }
+        crate::monitor::run(crate::monitor::Monitor {
+            init_pid: st.pid,
+            state_dir: dir.to_owned(),
+            signals: sfd,
+            pipes,
+            log,
+            cgroup: cg,
+        });
+        0
+    }
+}
+
+fn set_subreaper() -> Result<()> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes integers only.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    nix::errno::Errno::result(r).map(drop).map_err(sys("prctl(PR_SET_CHILD_SUBREAPER)"))
+}
+
+fn connect_console(path: &Path) -> Result<OwnedFd> {
+    let s = std::os::unix::net::UnixStream::connect(path).map_err(io(format!("connecting to console socket {}", path.display())))?;
+    Ok(OwnedFd::from(s))
+}
+
+fn run_create_hooks(cfg: &InitConfig, pid: i32) -> std::result::Result<(), String> {
+    let Some(hooks) = cfg.spec.hooks() else { return Ok(()) };
+    let st = crate::hooks::HookState {
+        oci_version: cfg.spec.version(),
+        id: &cfg.id,
+        status: "creating",
+        pid: Some(pid),
+        bundle: &cfg.bundle,
+        annotations: cfg.spec.annotations().as_ref(),
+    };
+    crate::hooks::run("prestart", hooks.prestart().as_deref().unwrap_or_default(), &st).map_err(|e| e.to_string())?;
+    crate::hooks::run("createRuntime", hooks.create_runtime().as_deref().unwrap_or_default(), &st).map_err(|e| e.to_string())
+}
+
+/// Forks stage 1, drives the setup conversation, and returns the init's pid once
+/// it is ready (create: waiting at the barrier; exec: about to exec).
+pub(super) fn spawn(cfg: &InitConfig, cg: &dyn Cgroup, mut on_hooks: impl FnMut(i32) -> std::result::Result<(), String>) -> std::result::Result<i32, String> {
+    let (parent, child) = Channel::pair().map_err(|e| format!("socketpair: {e}"))?;
+    // SAFETY: the caller is single-threaded.
+    let stage1 = match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            drop(parent);
+            init::stage1(cfg, &child)
+        }
+        Ok(ForkResult::Parent { child: pid }) => pid,
+        Err(e) => return Err(format!("fork: {e}")),
+    };
+    drop(child);
+    let mut init_pid: Option<i32> = None;
+    let result = (|| {
+        cg.add_process(stage1.as_raw()).map_err(|e| e.to_string())?;
+        parent.send(&Msg::Go).map_err(|e| e.to_string())?;
+        loop {
+            match parent.recv() {
+                Ok(Msg::UserNsReady) => {
+                    write_id_maps(cfg, stage1.as_raw())?;
+                    parent.send(&Msg::MapsWritten).map_err(|e| e.to_string())?;
+                }
+                Ok(Msg::InitPid(p)) => {
+                    init_pid = Some(p);
+                    let _ = nix::sys::wait::waitpid(stage1, None);
+                }
+                Ok(Msg::RunHooks) => {
+                    let pid = init_pid.ok_or("hooks requested before the init existed")?;
+                    match on_hooks(pid) {
+                        Ok(()) => parent.send(&Msg::HooksDone).map_err(|e| e.to_string())?,
+                        Err(e) => {
+                            let _ = parent.send(&Msg::Error(e.clone()));
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok(Msg::Warn(w)) => tracing::warn!(container = %cfg.id, "{w}"),
+                Ok(Msg::Ready) => return init_pid.ok_or_else(|| "ready before the init existed".to_string()),
+                Ok(Msg::Error(e)) => return Err(e),
+                Ok(other) => return Err(format!("unexpected message {other:?}")),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })();
+    if result.is_err() {
+        let _ = nix::sys::signal::kill(stage1, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(stage1, None);
+        if let Some(p) = init_pid {
+            let _ = nix::sys::signal::kill(Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(p), None);
+        }
+    }
+    result
+}
+
+fn write_id_maps(cfg: &InitConfig, pid: i32) -> std::result::Result<(), String> {
+    let linux = cfg.spec.linux().clone().unwrap_or_default();
+    let fmt = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.iter()
+            .flatten()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect::<String>()
+    };
+    for (file, text) in [("uid_map", fmt(linux.uid_mappings())), ("gid_map", fmt(linux.gid_mappings()))] {
+        let path = format!("/proc/{pid}/{file}");
+        std::fs::write(&path, &text).map_err(|e| format!("writing {path} ({:?}): {e}", text.trim()))?;
+    }
+    Ok(())
+}
+
+
+/// The device rules every container gets on top of the spec's, as runc adds them:
+/// mknod of anything, and use of the default nodes, ptys and the spec's devices.
+/// The cgroup starts from deny-all, so without these even /dev/null is refused.
+fn with_default_devices(mut r: oci_spec::runtime::LinuxResources, devices: &[oci_spec::runtime::LinuxDevice]) -> oci_spec::runtime::LinuxResources {
+    use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
+    let rule = |typ: LinuxDeviceType, major: Option<i64>, minor: Option<i64>, access: &str| {
+        let mut d = LinuxDeviceCgroup::default();
+        d.set_allow(true);
+        d.set_typ(Some(typ));
+        d.set_major(major);
+        d.set_minor(minor);
+        d.set_access(Some(access.to_owned()));
+        d
+    };
+    let mut rules = r.devices().clone().unwrap_or_default();
+    rules.push(rule(LinuxDeviceType::C, None, None, "m"));
+    rules.push(rule(LinuxDeviceType::B, None, None, "m"));
+    for (_, major, minor) in crate::rootfs::DEFAULT_DEVICES {
+        rules.push(rule(LinuxDeviceType::C, Some(major as i64), Some(minor as i64), "rwm"));
+    }
+    rules.push(rule(LinuxDeviceType::C, Some(5), Some(1), "rwm")); // /dev/console
+    rules.push(rule(LinuxDeviceType::C, Some(5), Some(2), "rwm")); // /dev/ptmx
+    rules.push(rule(LinuxDeviceType::C, Some(136), None, "rwm")); // /dev/pts/*
+    for d in devices {
+        let typ = match d.typ() {
+            LinuxDeviceType::B => LinuxDeviceType::B,
+            LinuxDeviceType::P => continue,
+            _ => LinuxDeviceType::C,
+        };
+        rules.push(rule(typ, Some(d.major()), Some(d.minor()), "rwm"));
+    }
+    r.set_devices(Some(rules));
+    r
+}

@@ -1,0 +1,130 @@
+//! berth's per-container monitor: the init's parent once `create` returns.
+//!
+//! A single-threaded loop over a signalfd and the container's output pipes. It
+//! reaps the init (and any orphan it adopts as a child subreaper), copies output
+//! into the CRI log, and on the init's exit writes `exit.json` (code, signal,
+//! OOM, start and finish times) into the state dir, then exits. It keeps no
+//! state that is not also on disk, so nothing is lost if the CLI that created it,
+//! or a CRI daemon, is killed.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::cgroups::Cgroup;
+use crate::crilog::{CriLogWriter, Stream};
+use crate::state::{self, ExitRecord};
+
+pub struct Monitor<'a> {
+    pub init_pid: i32,
+    pub state_dir: PathBuf,
+    pub signals: SignalFd,
+    /// Read ends of the container's stdout and stderr.
+    pub pipes: Option<(OwnedFd, OwnedFd)>,
+    pub log: Option<CriLogWriter>,
+    pub cgroup: &'a dyn Cgroup,
+}
+
+/// How long output may keep arriving after the init exits (from processes that
+/// outlive it when the container shares a pid namespace).
+const DRAIN: Duration = Duration::from_secs(2);
+
+pub fn run(mut m: Monitor) {
+    // The output pipes we hold open would keep the container's last writer from
+    // seeing EPIPE; that is intended: we read until they close.
+    let mut streams: Vec<(OwnedFd, Stream)> = match m.pipes.take() {
+        Some((out, err)) => vec![(out, Stream::Stdout), (err, Stream::Stderr)],
+        None => Vec::new(),
+    };
+    let mut exited: Option<(WaitStatus, SystemTime)> = None;
+    let mut deadline: Option<Instant> = None;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        if exited.is_some() && (streams.is_empty() || deadline.is_some_and(|d| Instant::now() >= d)) {
+            break;
+        }
+        let mut fds = vec![PollFd::new(m.signals.as_fd(), PollFlags::POLLIN)];
+        for (fd, _) in &streams {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+        let timeout = if exited.is_some() { PollTimeout::from(100u16) } else { PollTimeout::NONE };
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        let mut closed = Vec::new();
+        for (i, (fd, stream)) in streams.iter().enumerate() {
+            if !ready[i + 1] {
+                continue;
+            }
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) => closed.push(i),
+                Ok(n) => {
+                    if let Some(log) = m.log.as_mut()
+                        && let Err(e) = log.write(*stream, &buf[..n])
+                    {
+                        tracing::warn!(error = %e, "writing the CRI log");
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                Err(_) => closed.push(i),
+            }
+        }
+        for i in closed.into_iter().rev() {
+            let (_, stream) = streams.remove(i);
+            if let Some(log) = m.log.as_mut() {
+                let _ = log.finish(stream);
+            }
+        }
+        if ready[0] {
+            while let Ok(Some(info)) = m.signals.read_signal() {
+                if info.ssi_signo as i32 == libc::SIGUSR1
+                    && let Some(log) = m.log.as_mut()
+                {
+                    // ReopenContainerLog: the kubelet rotated the file.
+                    let _ = log.reopen();
+                }
+            }
+        }
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(st) => {
+                    if st.pid() == Some(Pid::from_raw(m.init_pid)) && exited.is_none() {
+                        exited = Some((st, SystemTime::now()));
+                        deadline = Some(Instant::now() + DRAIN);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(log) = m.log.as_mut() {
+        let _ = log.finish(Stream::Stdout);
+        let _ = log.finish(Stream::Stderr);
+    }
+    let Some((status, finished)) = exited else { return };
+    let (exit_code, signal) = crate::container::init_exit_code(status);
+    let started_at = std::fs::read_to_string(m.state_dir.join("started")).unwrap_or_default();
+    let record = ExitRecord {
+        exit_code,
+        signal,
+        oom_killed: m.cgroup.oom_kills().unwrap_or(0) > 0,
+        started_at,
+        finished_at: crate::crilog::format_timestamp(finished),
+    };
+    if m.state_dir.is_dir()
+        && let Err(e) = state::write_json(&m.state_dir.join(state::EXIT_FILE), &record)
+    {
+        tracing::warn!(error = %e, "recording the container's exit");
+    }
+}

@@ -1,0 +1,162 @@
+//! The system calls that build a container's filesystem, behind a trait.
+//!
+//! Rootfs logic calls these through `&dyn Syscall`, so the order and flags of the
+//! mounts it makes are unit-tested with [`Recorder`] and no root; only `Linux`
+//! touches the kernel.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::stat::{Mode, SFlag};
+
+pub trait Syscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()>;
+    fn umount(&self, target: &Path, flags: MntFlags) -> nix::Result<()>;
+    fn mknod(&self, path: &Path, kind: SFlag, perm: Mode, dev: u64) -> nix::Result<()>;
+    fn chown(&self, path: &Path, uid: Option<u32>, gid: Option<u32>) -> nix::Result<()>;
+    fn symlink(&self, target: &Path, link: &Path) -> nix::Result<()>;
+    /// Makes `new_root` the root of the calling process's mount namespace and
+    /// detaches the old root.
+    fn pivot_root(&self, new_root: &Path) -> nix::Result<()>;
+}
+
+/// The real kernel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Linux;
+
+impl Syscall for Linux {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()> {
+        nix::mount::mount(source, target, fstype, flags, data)
+    }
+
+    fn umount(&self, target: &Path, flags: MntFlags) -> nix::Result<()> {
+        nix::mount::umount2(target, flags)
+    }
+
+    fn mknod(&self, path: &Path, kind: SFlag, perm: Mode, dev: u64) -> nix::Result<()> {
+        nix::sys::stat::mknod(path, kind, perm, dev)
+    }
+
+    fn chown(&self, path: &Path, uid: Option<u32>, gid: Option<u32>) -> nix::Result<()> {
+        nix::unistd::chown(
+            path,
+            uid.map(nix::unistd::Uid::from_raw),
+            gid.map(nix::unistd::Gid::from_raw),
+        )
+    }
+
+    fn symlink(&self, target: &Path, link: &Path) -> nix::Result<()> {
+        nix::unistd::symlinkat(target, nix::fcntl::AT_FDCWD, link)
+    }
+
+    fn pivot_root(&self, new_root: &Path) -> nix::Result<()> {
+        // pivot_root(".", ".") stacks the old root under the new one without needing
+        // a directory for it; unmounting "." then drops the old root.
+        nix::unistd::chdir(new_root)?;
+        nix::unistd::pivot_root(".", ".")?;
+        nix::mount::umount2(".", MntFlags::MNT_DETACH)?;
+        nix::unistd::chdir("/")
+    }
+}
+
+/// One recorded call, as text that tests compare.
+pub type Call = String;
+
+/// Records calls instead of making them; every call succeeds unless told otherwise.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    pub calls: RefCell<Vec<Call>>,
+    /// Calls whose text starts with one of these fail with the errno.
+    pub fail: Vec<(String, nix::Error)>,
+}
+
+impl Recorder {
+    fn record(&self, call: String) -> nix::Result<()> {
+        let result = match self.fail.iter().find(|(p, _)| call.starts_with(p.as_str())) {
+            Some((_, e)) => Err(*e),
+            None => Ok(()),
+        };
+        self.calls.borrow_mut().push(call);
+        result
+    }
+
+    pub fn take(&self) -> Vec<Call> {
+        std::mem::take(&mut self.calls.borrow_mut())
+    }
+}
+
+fn show(p: Option<&Path>) -> String {
+    p.map(|p| p.display().to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+impl Syscall for Recorder {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()> {
+        self.record(format!(
+            "mount {} {} {} {:?} {}",
+            show(source),
+            target.display(),
+            fstype.unwrap_or("-"),
+            flags,
+            data.unwrap_or("-")
+        ))
+    }
+
+    fn umount(&self, target: &Path, flags: MntFlags) -> nix::Result<()> {
+        self.record(format!("umount {} {:?}", target.display(), flags))
+    }
+
+    fn mknod(&self, path: &Path, kind: SFlag, perm: Mode, dev: u64) -> nix::Result<()> {
+        self.record(format!(
+            "mknod {} {:?} {:o} {}:{}",
+            path.display(),
+            kind,
+            perm.bits(),
+            libc::major(dev),
+            libc::minor(dev)
+        ))
+    }
+
+    fn chown(&self, path: &Path, uid: Option<u32>, gid: Option<u32>) -> nix::Result<()> {
+        self.record(format!("chown {} {:?} {:?}", path.display(), uid, gid))
+    }
+
+    fn symlink(&self, target: &Path, link: &Path) -> nix::Result<()> {
+        self.record(format!("symlink {} {}", target.display(), link.display()))
+    }
+
+    fn pivot_root(&self, new_root: &Path) -> nix::Result<()> {
+        self.record(format!("pivot_root {}", new_root.display()))
+    }
+}
+
+/// A path that names an open file through /proc/self/fd, so a later mount lands
+/// on exactly the inode that was resolved, whatever the container does to the
+/// path meanwhile.
+#[derive(Debug)]
+pub struct FdPath {
+    pub fd: std::os::fd::OwnedFd,
+    pub path: PathBuf,
+}
