@@ -32,14 +32,16 @@ impl Visit for Message {
         if field.name() == "message" {
             self.msg = format!("{value:?}");
         } else {
-            self.fields.push((field.name().to_owned(), format!("{value:?}")));
+            self.fields
+                .push((field.name().to_owned(), format!("{value:?}")));
         }
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             self.msg = value.to_owned();
         } else {
-            self.fields.push((field.name().to_owned(), value.to_owned()));
+            self.fields
+                .push((field.name().to_owned(), value.to_owned()));
         }
     }
 }
@@ -87,7 +89,12 @@ pub fn init(log: Option<&Path>, format: Format, debug: bool) {
     match (file, format) {
         (Some(f), Format::Json) => {
             let _ = tracing_subscriber::registry()
-                .with(JsonLines { file: Mutex::new(f) }.with_filter(env))
+                .with(
+                    JsonLines {
+                        file: Mutex::new(f),
+                    }
+                    .with_filter(env),
+                )
                 .try_init();
         }
         (Some(f), Format::Text) => {

@@ -12,10 +12,19 @@ use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::Signal;
 
 #[derive(Parser)]
-#[command(name = "berth-oci", version, about = "berth's OCI runtime, command-compatible with runc")]
+#[command(
+    name = "berth-oci",
+    version,
+    about = "berth's OCI runtime, command-compatible with runc"
+)]
 pub struct Args {
     /// Where container state lives.
-    #[arg(long, global = true, default_value = "/run/berth-oci", env = "BERTH_OCI_ROOT")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/berth-oci",
+        env = "BERTH_OCI_ROOT"
+    )]
     root: PathBuf,
     /// Log file (runc's --log); errors are also printed on stderr.
     #[arg(long, global = true)]
@@ -37,10 +46,21 @@ pub struct Args {
     /// Who supervises containers after create: berth's monitor (always), the
     /// caller (never), or berth's unless a child subreaper such as containerd's
     /// shim adopts the container (auto).
-    #[arg(long, global = true, value_enum, default_value = "auto", env = "BERTH_MONITOR")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        env = "BERTH_MONITOR"
+    )]
     monitor: Monitor,
     /// The cgroup every container's cgroup is placed under.
-    #[arg(long = "cgroup-root", global = true, default_value = "berth", env = "BERTH_CGROUP_ROOT")]
+    #[arg(
+        long = "cgroup-root",
+        global = true,
+        default_value = "berth",
+        env = "BERTH_CGROUP_ROOT"
+    )]
     cgroup_root: String,
     #[command(subcommand)]
     command: Cmd,
@@ -267,7 +287,9 @@ fn run(args: Args) -> Result<i32> {
         Cmd::Delete { force, id } => match engine.delete(&id, force) {
             Ok(()) => {}
             // Deleting what is not there succeeds with --force, as with runc.
-            Err(berth_runtime::container::EngineError::State(berth_runtime::state::StateError::NotFound(_))) if force => {}
+            Err(berth_runtime::container::EngineError::State(
+                berth_runtime::state::StateError::NotFound(_),
+            )) if force => {}
             Err(e) => return Err(e.into()),
         },
         Cmd::Run { c, detach, keep: _ } => {
@@ -306,7 +328,8 @@ fn run(args: Args) -> Result<i32> {
                         std::io::Read::read_to_end(&mut std::io::stdin(), &mut s)?;
                         s
                     } else {
-                        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+                        std::fs::read(&path)
+                            .with_context(|| format!("reading {}", path.display()))?
                     };
                     berth_runtime::bundle::parse_process(&path, &text)?
                 }
@@ -342,7 +365,8 @@ fn run(args: Args) -> Result<i32> {
                     }
                     if !cap.is_empty() {
                         let mut caps = p.capabilities().clone().unwrap_or_default();
-                        let extra: Vec<oci_cap> = cap.iter().map(|c| parse_cap(c)).collect::<Result<_>>()?;
+                        let extra: Vec<oci_cap> =
+                            cap.iter().map(|c| parse_cap(c)).collect::<Result<_>>()?;
                         for set in [
                             caps.bounding().clone(),
                             caps.effective().clone(),
@@ -377,20 +401,37 @@ fn run(args: Args) -> Result<i32> {
         }
         Cmd::Pause { id } => engine.pause(&id)?,
         Cmd::Resume { id } => engine.resume(&id)?,
-        Cmd::Ps { format, id, ps_args } => {
+        Cmd::Ps {
+            format,
+            id,
+            ps_args,
+        } => {
             let pids = engine.pids(&id)?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string(&pids)?),
                 Format::Table => {
-                    let args = if ps_args.is_empty() { vec!["-ef".to_string()] } else { ps_args };
-                    let out = std::process::Command::new("ps").args(&args).output().context("running ps")?;
+                    let args = if ps_args.is_empty() {
+                        vec!["-ef".to_string()]
+                    } else {
+                        ps_args
+                    };
+                    let out = std::process::Command::new("ps")
+                        .args(&args)
+                        .output()
+                        .context("running ps")?;
                     let text = String::from_utf8_lossy(&out.stdout);
                     let mut lines = text.lines();
                     let header = lines.next().unwrap_or_default();
-                    let col = header.split_whitespace().position(|h| h == "PID").ok_or_else(|| anyhow!("ps output has no PID column"))?;
+                    let col = header
+                        .split_whitespace()
+                        .position(|h| h == "PID")
+                        .ok_or_else(|| anyhow!("ps output has no PID column"))?;
                     println!("{header}");
                     for l in lines {
-                        if let Some(pid) = l.split_whitespace().nth(col).and_then(|p| p.parse::<i32>().ok())
+                        if let Some(pid) = l
+                            .split_whitespace()
+                            .nth(col)
+                            .and_then(|p| p.parse::<i32>().ok())
                             && pids.contains(&pid)
                         {
                             println!("{l}");
@@ -399,7 +440,11 @@ fn run(args: Args) -> Result<i32> {
                 }
             }
         }
-        Cmd::Events { stats, interval, id } => {
+        Cmd::Events {
+            stats,
+            interval,
+            id,
+        } => {
             let every = parse_duration(&interval)?;
             loop {
                 let s = engine.stats(&id)?;
@@ -442,7 +487,11 @@ fn run(args: Args) -> Result<i32> {
                 r.set_memory(Some(mem));
             }
             if let Some(p) = pids_limit {
-                r.set_pids(Some(oci_spec::runtime::LinuxPidsBuilder::default().limit(p).build()?));
+                r.set_pids(Some(
+                    oci_spec::runtime::LinuxPidsBuilder::default()
+                        .limit(p)
+                        .build()?,
+                ));
             }
             if cpu_shares.is_some() || cpu_quota.is_some() || cpu_period.is_some() {
                 let mut cpu = r.cpu().clone().unwrap_or_default();
@@ -473,10 +522,24 @@ fn run(args: Args) -> Result<i32> {
                         println!("{}", serde_json::to_string(&v)?);
                     }
                     Format::Table => {
-                        println!("{:<24} {:<8} {:<10} {:<40} {:<32} OWNER", "ID", "PID", "STATUS", "BUNDLE", "CREATED");
+                        println!(
+                            "{:<24} {:<8} {:<10} {:<40} {:<32} OWNER",
+                            "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+                        );
                         for s in &all {
-                            let pid = if s.status == Status::Stopped { 0 } else { s.state.pid };
-                            println!("{:<24} {:<8} {:<10} {:<40} {:<32} root", s.state.id, pid, s.status, s.state.bundle.display(), s.state.created);
+                            let pid = if s.status == Status::Stopped {
+                                0
+                            } else {
+                                s.state.pid
+                            };
+                            println!(
+                                "{:<24} {:<8} {:<10} {:<40} {:<32} root",
+                                s.state.id,
+                                pid,
+                                s.status,
+                                s.state.bundle.display(),
+                                s.state.created
+                            );
                         }
                     }
                 }
@@ -489,7 +552,8 @@ fn run(args: Args) -> Result<i32> {
             }
             let mut spec = oci_spec::runtime::Spec::default();
             spec.set_hostname(Some("berth".into()));
-            std::fs::write(&path, serde_json::to_vec_pretty(&spec)?).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)
+                .with_context(|| format!("writing {}", path.display()))?;
         }
     }
     Ok(0)
@@ -505,7 +569,11 @@ fn parse_cap(name: &str) -> Result<oci_cap> {
 
 /// runc's state JSON; berth adds the recorded exit under "berth".
 fn state_json(s: &Snapshot) -> serde_json::Value {
-    let pid = if s.status == Status::Stopped { 0 } else { s.state.pid };
+    let pid = if s.status == Status::Stopped {
+        0
+    } else {
+        s.state.pid
+    };
     let mut v = serde_json::json!({
         "ociVersion": "1.0.2",
         "id": s.state.id,
@@ -532,7 +600,11 @@ fn parse_signal(s: &str) -> Result<Signal> {
         return Signal::try_from(n).map_err(|_| anyhow!("unknown signal {s:?}"));
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     Signal::from_str(&name).map_err(|_| anyhow!("unknown signal {s:?}"))
 }
 

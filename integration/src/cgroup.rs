@@ -54,3 +54,25 @@ pub fn frozen(pid: i32) -> Option<bool> {
     let t = read(pid, "freezer", "freezer.state", "cgroup.freeze")?;
     Some(matches!(t.trim(), "FROZEN" | "1"))
 }
+
+/// True if the memory controller accounts swap, so a spec may limit it
+/// (`linux.resources.memory.swap`): v1 `memory.memsw.*` files, v2
+/// `memory.swap.max` in non-root cgroups.
+pub fn swap_accounting() -> bool {
+    if let Some(m) = cgroup_mount("memory") {
+        return m.join("memory.memsw.limit_in_bytes").exists();
+    }
+    let Some(root) = cgroup_mount("") else {
+        return false;
+    };
+    let own = cgroup_dir(std::process::id() as i32, "").filter(|d| *d != root);
+    if let Some(d) = own {
+        return d.join("memory.swap.max").exists();
+    }
+    std::fs::read_dir(&root)
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.path().join("memory.swap.max").exists())
+        })
+        .unwrap_or(false)
+}

@@ -68,6 +68,9 @@ impl ConsoleSocket {
                 return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
             }
         }
+        if msg.bytes == 0 {
+            bail!("the runtime closed the console socket without sending the pty master");
+        }
         Err(anyhow!("console socket message carried no file descriptor"))
     }
 }

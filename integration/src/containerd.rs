@@ -133,9 +133,9 @@ disabled_plugins = [
         &self.dir
     }
 
-    /// Runs `ctr --address SOCK --namespace NS ARGS...` with a 120 s deadline.
+    /// Runs `ctr --address SOCK --namespace NS ARGS...` with a 60 s deadline.
     pub fn ctr(&self, args: &[&str]) -> Result<Output> {
-        self.ctr_timeout(args, Duration::from_secs(120))
+        self.ctr_timeout(args, Duration::from_secs(60))
     }
 
     pub fn ctr_timeout(&self, args: &[&str], timeout: Duration) -> Result<Output> {

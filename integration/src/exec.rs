@@ -93,6 +93,18 @@ pub struct Spawned {
     stdout_path: PathBuf,
     stderr_path: PathBuf,
     started: Instant,
+    finished: bool,
+}
+
+impl Drop for Spawned {
+    /// A command dropped before it was waited for (a test failed midway) is
+    /// killed with its process group, so nothing outlives the test.
+    fn drop(&mut self) {
+        if !self.finished && self.rx.try_recv().is_err() {
+            self.kill_group();
+            let _ = self.rx.recv_timeout(Duration::from_secs(10));
+        }
+    }
 }
 
 impl Spawned {
@@ -124,11 +136,18 @@ impl Spawned {
             stdout_path,
             stderr_path,
             started: Instant::now(),
+            finished: false,
         })
     }
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// SIGKILLs the command's process group (it leads its own).
+    pub fn kill_group(&self) {
+        // SAFETY: signalling the process group we created.
+        unsafe { libc::kill(-self.pid, libc::SIGKILL) };
     }
 
     /// What the command wrote to stdout so far.
@@ -138,18 +157,19 @@ impl Spawned {
 
     /// Waits for the exit; after `timeout` the whole process group is
     /// killed and an error returned.
-    pub fn wait(self, timeout: Duration) -> Result<Output> {
+    pub fn wait(mut self, timeout: Duration) -> Result<Output> {
         let status = match self.rx.recv_timeout(timeout) {
-            Ok(s) => s?,
+            Ok(s) => s,
             Err(_) => {
-                // SAFETY: signalling the process group we created.
-                unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+                self.kill_group();
                 let _ = self.rx.recv_timeout(Duration::from_secs(10));
+                self.finished = true;
                 let out = self.output(ExitStatus::from_raw(libc::SIGKILL));
                 bail!("timed out after {timeout:?}, killed: {out}");
             }
         };
-        Ok(self.output(status))
+        self.finished = true;
+        Ok(self.output(status?))
     }
 
     fn output(&self, status: ExitStatus) -> Output {

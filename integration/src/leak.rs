@@ -1,6 +1,12 @@
 //! Leak checks: snapshots of host mounts, of the cgroups berth (and runc,
 //! with the test cgroupsPath) create, and of container-related processes,
 //! compared before and after.
+//!
+//! Only things of this test process are counted: their paths, command lines
+//! or cgroups carry its scratch directory name (`berth-it-<pid>-XXXX`) or a
+//! container ID of [`crate::workdir::unique_id`] (`<tag>-<pid>-<n>`, so
+//! cgroupsPath `/berth-it-<tag>-<pid>-<n>`). Containers other people run on
+//! the same machine at the same time are not mistaken for leaks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -11,6 +17,22 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use crate::proc;
+use crate::workdir::base_dir;
+
+/// The name of this process's scratch directory (`berth-it-<pid>-XXXX`).
+fn base_name() -> String {
+    base_dir()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// True if the text names something of this test process.
+pub fn is_ours(text: &str) -> bool {
+    let base = base_name();
+    (!base.is_empty() && text.contains(&base))
+        || text.contains(&format!("-{}-", std::process::id()))
+}
 
 /// berth's default cgroup parent (`--cgroup-root`).
 pub const BERTH_CGROUP_ROOT: &str = "berth";
@@ -18,7 +40,7 @@ pub const BERTH_CGROUP_ROOT: &str = "berth";
 /// What the machine looked like at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    /// Lines of /proc/self/mountinfo.
+    /// Lines of /proc/self/mountinfo (of this test process's things).
     pub mounts: BTreeSet<String>,
     /// Cgroup directories below `<hierarchy>/berth/` and `<hierarchy>/berth-*`
     /// (the test cgroupsPath `/berth-it-<id>`, containerd's test namespace).
@@ -38,7 +60,7 @@ fn walk_dirs(dir: &Path, out: &mut BTreeSet<PathBuf>) {
     }
 }
 
-/// The cgroup directories the leak check watches.
+/// The cgroup directories the leak check watches (of this test process).
 pub fn watched_cgroups() -> BTreeSet<PathBuf> {
     let mut out = BTreeSet::new();
     for h in proc::cgroup_hierarchies() {
@@ -58,12 +80,15 @@ pub fn watched_cgroups() -> BTreeSet<PathBuf> {
             }
         }
     }
+    out.retain(|p| is_ours(&p.to_string_lossy()));
     out
 }
 
 /// Processes that belong to containers or runtimes: in another mount
 /// namespace than this process, or in a berth cgroup, or running the runtime
-/// binary under test, runc, or a containerd shim. Zombies are ignored.
+/// binary under test, runc, or a containerd shim; and naming this test
+/// process (see [`is_ours`]) in their command line or cgroups. Zombies are
+/// ignored.
 pub fn container_processes() -> BTreeMap<(i32, u64), String> {
     let my_mnt = proc::ns_link(None, "mnt").unwrap_or_default();
     let runtime = crate::runtime::binary().ok().map(|b| b.target.clone());
@@ -82,12 +107,16 @@ pub fn container_processes() -> BTreeMap<(i32, u64), String> {
                 })
         });
         let by_ns = proc::ns_link(Some(pid), "mnt").is_ok_and(|l| l != my_mnt);
-        let by_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .is_ok_and(|c| c.lines().any(|l| l.contains(":/berth")));
-        if (by_exe || by_ns || by_cgroup)
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let by_cgroup = cgroups.lines().any(|l| l.contains(":/berth"));
+        if !(by_exe || by_ns || by_cgroup) {
+            continue;
+        }
+        let cmdline = proc::cmdline(pid);
+        if (is_ours(&cmdline) || is_ours(&cgroups))
             && let Some(t) = proc::start_time(pid)
         {
-            out.insert((pid, t), proc::cmdline(pid));
+            out.insert((pid, t), cmdline);
         }
     }
     out
@@ -99,6 +128,7 @@ impl Snapshot {
             mounts: std::fs::read_to_string("/proc/self/mountinfo")
                 .unwrap_or_default()
                 .lines()
+                .filter(|l| is_ours(l))
                 .map(String::from)
                 .collect(),
             cgroups: watched_cgroups(),
@@ -186,5 +216,67 @@ impl LeakCheck {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// Safety net run when the test process exits: kills processes that a broken
+/// runtime under test left behind (those whose command line or cgroups name
+/// this test process, see [`is_ours`]) and removes the then empty cgroups of
+/// this process's containers. Reports what it found on stderr.
+pub fn kill_strays() {
+    let me = std::process::id() as i32;
+    let mut killed = Vec::new();
+    for _ in 0..3 {
+        // Strays, then their descendants (found before anything is killed,
+        // while the parent links still hold).
+        let parents: Vec<(i32, i32)> = proc::pids()
+            .into_iter()
+            .filter(|p| *p != me && proc::alive(*p))
+            .filter_map(|p| Some((p, proc::ppid(p)?)))
+            .collect();
+        let mut marked: BTreeSet<i32> = parents
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| {
+                let cgroups =
+                    std::fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap_or_default();
+                proc::cmdline(*p).contains(&base_name())
+                    || cgroups.lines().any(|l| l.contains(":/berth") && is_ours(l))
+            })
+            .collect();
+        loop {
+            let before = marked.len();
+            for (p, pp) in &parents {
+                if marked.contains(pp) {
+                    marked.insert(*p);
+                }
+            }
+            if marked.len() == before {
+                break;
+            }
+        }
+        if marked.is_empty() {
+            break;
+        }
+        for p in marked {
+            killed.push(format!("{p}: {}", proc::cmdline(p)));
+            // SAFETY: a process started (indirectly) by this test process.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut dirs: Vec<PathBuf> = watched_cgroups().into_iter().collect();
+    // Deepest first.
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    let mut removed = Vec::new();
+    for d in dirs {
+        if std::fs::remove_dir(&d).is_ok() {
+            removed.push(d.display().to_string());
+        }
+    }
+    if !killed.is_empty() || !removed.is_empty() {
+        eprintln!(
+            "berth-integration: cleaned up after the runtime under test: killed {killed:?}, removed cgroups {removed:?}"
+        );
     }
 }

@@ -9,6 +9,23 @@
 //! - [`caps`], [`cgroup`], [`console`], [`proc`]: capability sets, cgroup
 //!   files, console sockets, /proc;
 //! - [`image`], [`containerd`]: an OCI image tarball and a private containerd.
+//!
+//! # Running
+//!
+//! The tests need root, runc, containerd (with containerd-shim-runc-v2) and
+//! busybox-static; `.ci/run` installs them and runs everything. By default
+//! they test berth: the harness runs `cargo build -p berth` (a no-op when up
+//! to date) and calls `target/debug/berth` through a symlink named
+//! `berth-oci`. `BERTH_OCI=/usr/sbin/runc cargo test -p berth-integration`
+//! runs the same tests against runc instead, which validates the tests;
+//! berth-only tests (monitor, `--cri-log`, `--cgroup-root`, `berth oci`) then
+//! print `SKIPPED (berth-only: ...)` and pass. `BUSYBOX=PATH` picks another
+//! static busybox.
+//!
+//! Everything a test process creates lives below `$TMPDIR/berth-it-<pid>-*`
+//! and in cgroups and container IDs carrying its pid; it is removed when the
+//! process exits, with processes a broken runtime left behind
+//! ([`leak::kill_strays`]).
 
 pub mod bundle;
 pub mod caps;

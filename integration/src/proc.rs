@@ -84,7 +84,7 @@ pub fn pids() -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// The namespace link (e.g. "net:[4026531840]") of a process, or of this
+/// The namespace link (e.g. `net:[4026531840]`) of a process, or of this
 /// process when `pid` is None.
 pub fn ns_link(pid: Option<i32>, ns: &str) -> Result<String> {
     let p = match pid {

@@ -34,7 +34,7 @@ pub struct Binary {
 }
 
 /// Default deadline of one runtime command.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 
 static BINARY: OnceLock<Result<Binary, String>> = OnceLock::new();
 
@@ -99,6 +99,10 @@ fn build_berth() -> Result<PathBuf> {
 }
 
 fn resolve() -> Result<Binary> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the black-box tests create containers and cgroups: run them as root");
+    }
     let target = match std::env::var("BERTH_OCI") {
         Ok(p) if !p.is_empty() => which(&p).ok_or_else(|| anyhow!("BERTH_OCI={p}: not found"))?,
         _ => build_berth()?,

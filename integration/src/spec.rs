@@ -310,9 +310,7 @@ impl Spec {
     /// the machine's memory cgroup accounts swap.
     pub fn memory_limit(self, bytes: i64) -> Spec {
         let mut mem = json!({ "limit": bytes });
-        if Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
-            || Path::new("/sys/fs/cgroup/memory.swap.max").exists()
-        {
+        if crate::cgroup::swap_accounting() {
             mem["swap"] = json!(bytes);
         }
         self.resource("memory", mem)

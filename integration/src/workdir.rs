@@ -34,6 +34,7 @@ pub fn base_dir() -> &'static Path {
 
 extern "C" fn remove_base_at_exit() {
     if let Some(dir) = BASE.get() {
+        crate::leak::kill_strays();
         remove_tree_if_unmounted(dir);
     }
 }

@@ -149,6 +149,24 @@ fn cri_log_records_both_streams_in_cri_format() -> Result<()> {
             .any(|e| e.stream == "stdout" && e.tag == "F" && e.text == "out1"),
         "{text}"
     );
+    // Timestamps have exactly nine fractional digits (fixed width).
+    for l in text.lines() {
+        ensure!(
+            l.as_bytes().get(29) == Some(&b'Z'),
+            "timestamp width in {l:?}"
+        );
+    }
+    // Records stay within containerd's 16 KiB line limit (the long line is
+    // split into P pieces), and the unterminated last line is a P record.
+    ensure!(
+        entries.iter().all(|e| e.text.len() <= 16 * 1024),
+        "a record over 16 KiB"
+    );
+    let last = entries
+        .iter()
+        .rfind(|e| e.stream == "stdout")
+        .context("no stdout")?;
+    assert_eq!((last.tag.as_str(), last.text.as_str()), ("P", "partial"));
     // The output went to the log, not to the runtime's own stdout.
     assert!(
         !created.stdout_now().contains("out1"),

@@ -198,3 +198,48 @@ fn unknown_container_is_an_error_everywhere() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn run_detached_returns_with_the_container_running() -> Result<()> {
+    let rt = Runtime::new()?;
+    let id = unique_id("rund");
+    let b = Bundle::new(&Spec::sh(&id, "echo started; exec sleep 1000"))?;
+    let pid_file = b.file("run.pid");
+    let out = rt
+        .cmd(&[
+            "run",
+            "-d",
+            "--bundle",
+            b.path_str(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            &id,
+        ])?
+        .check()?;
+    let st = rt.wait_status(&id, "running", Duration::from_secs(10))?;
+    let pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    assert_eq!(st.pid(), Some(pid), "--pid-file");
+    // The detached container writes to the stdout run was given.
+    wait_until(Duration::from_secs(10), "the container's output", || {
+        Ok(out.stdout_now().contains("started").then_some(()))
+    })?;
+    rt.delete_force(&id)?;
+    assert!(proc::wait_gone(pid, Duration::from_secs(5)));
+    Ok(())
+}
+
+#[test]
+fn kill_without_a_signal_sends_sigterm() -> Result<()> {
+    let rt = Runtime::new()?;
+    let id = unique_id("killterm");
+    // As pid 1 the shell only sees SIGTERM because it traps it.
+    let b = Bundle::new(&Spec::sh(
+        &id,
+        "trap 'exit 9' TERM; while :; do sleep 0.1; done",
+    ))?;
+    rt.create_started(&id, &b)?;
+    rt.cmd(&["kill", &id])?.check()?;
+    rt.wait_status(&id, "stopped", Duration::from_secs(10))?;
+    rt.delete(&id)?;
+    Ok(())
+}

@@ -66,8 +66,7 @@ fn monitor_survives_kill_9_of_the_creating_process_group_and_records_the_exit() 
         "monitor is in the creator's process group"
     );
 
-    // SAFETY: killing the process group of the shell we started.
-    unsafe { libc::kill(-sh.pid(), libc::SIGKILL) };
+    sh.kill_group();
     let killed = sh.wait(Duration::from_secs(10))?;
     assert_eq!(killed.signal(), Some(libc::SIGKILL));
     std::thread::sleep(Duration::from_millis(100));

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail, ensure};
 use berth_integration::console::{ConsoleSocket, read_pty};
 use berth_integration::{Bundle, Runtime, Spec, unique_id};
 
@@ -27,7 +27,10 @@ fn console_socket_receives_the_pty_master() -> Result<()> {
         sock.path_str(),
         &id,
     ])?;
-    let master = sock.receive(Duration::from_secs(30))?;
+    let master = match sock.receive(Duration::from_secs(30)) {
+        Ok(m) => m,
+        Err(e) => bail!("{e:#}\ncreate: {}", creating.wait(Duration::from_secs(30))?),
+    };
     let created = creating.wait(Duration::from_secs(30))?;
     ensure!(created.success(), "{created}");
     rt.start(&id)?;
@@ -51,5 +54,36 @@ fn terminal_without_console_socket_is_refused_by_create() -> Result<()> {
         out.stderr.contains("console-socket") || out.stderr.contains("console socket"),
         "{out}"
     );
+    Ok(())
+}
+
+#[test]
+fn exec_with_a_terminal_through_the_console_socket() -> Result<()> {
+    let rt = Runtime::new()?;
+    let id = unique_id("exectty");
+    let b = Bundle::new(&Spec::test(&id, &["sleep", "1000"]))?;
+    rt.create_started(&id, &b)?;
+    let sock = ConsoleSocket::bind(&rt.scratch().join("exec-console.sock"))?;
+    let exec = rt.spawn(&[
+        "exec",
+        "-t",
+        "-d",
+        "--console-socket",
+        sock.path_str(),
+        &id,
+        "sh",
+        "-c",
+        "tty; echo exec-done",
+    ])?;
+    let master = match sock.receive(Duration::from_secs(30)) {
+        Ok(m) => m,
+        Err(e) => bail!("{e:#}\nexec: {}", exec.wait(Duration::from_secs(30))?),
+    };
+    let out = exec.wait(Duration::from_secs(30))?;
+    ensure!(out.success(), "{out}");
+    let text = read_pty(master, Duration::from_secs(30))?;
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert!(text.contains("exec-done"), "{text:?}");
+    rt.delete_force(&id)?;
     Ok(())
 }

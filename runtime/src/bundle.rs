@@ -58,12 +58,8 @@ impl Bundle {
             .as_ref()
             .ok_or_else(|| invalid("root", "missing; a bundle needs root.path"))?;
         let rootfs = dir.join(root.path());
-        let meta = std::fs::metadata(&rootfs).map_err(|e| {
-            invalid(
-                "root.path",
-                format!("{}: {e}", rootfs.display()),
-            )
-        })?;
+        let meta = std::fs::metadata(&rootfs)
+            .map_err(|e| invalid("root.path", format!("{}: {e}", rootfs.display())))?;
         if !meta.is_dir() {
             return Err(invalid(
                 "root.path",
@@ -82,7 +78,11 @@ pub fn parse_spec(path: &Path, text: &[u8]) -> Result<Spec, BundleError> {
         let field = e.path().to_string();
         BundleError::Parse {
             path: path.to_owned(),
-            field: if field == "." { "(top level)".into() } else { field },
+            field: if field == "." {
+                "(top level)".into()
+            } else {
+                field
+            },
             message: e.into_inner().to_string(),
         }
     })
@@ -138,7 +138,10 @@ pub fn validate(spec: &Spec) -> Result<(), BundleError> {
                     ));
                 }
                 if let Err(e) = std::fs::metadata(p) {
-                    return Err(invalid(format!("{field}.path"), format!("{}: {e}", p.display())));
+                    return Err(invalid(
+                        format!("{field}.path"),
+                        format!("{}: {e}", p.display()),
+                    ));
                 }
             }
             None => {
@@ -200,7 +203,10 @@ pub fn validate(spec: &Spec) -> Result<(), BundleError> {
             ));
         }
         if is_bind && m.source().is_none() {
-            return Err(invalid(format!("mounts[{i}].source"), "a bind mount needs a source"));
+            return Err(invalid(
+                format!("mounts[{i}].source"),
+                "a bind mount needs a source",
+            ));
         }
     }
     for (name, _) in linux.sysctl().iter().flatten() {
@@ -318,9 +324,15 @@ fn validate_sysctl(name: &str, new_ns: &HashSet<LinuxNamespaceType>) -> Result<(
         return Err(invalid(field, "needs a new network namespace"));
     }
     if name == "kernel.hostname" || name == "kernel.domainname" {
-        return Err(invalid(field, "set hostname/domainname in the spec instead"));
+        return Err(invalid(
+            field,
+            "set hostname/domainname in the spec instead",
+        ));
     }
-    Err(invalid(field, "not a namespaced sysctl; it would change the host"))
+    Err(invalid(
+        field,
+        "not a namespaced sysctl; it would change the host",
+    ))
 }
 
 /// Parses a process.json (`exec --process`), naming the field path of an error.
@@ -368,23 +380,29 @@ mod tests {
     #[test]
     fn rejects_bad_fields() {
         let cases: Vec<(fn(&mut serde_json::Value), &str)> = vec![
-            (|v| v["process"]["args"] = serde_json::json!([]), "process.args"),
+            (
+                |v| v["process"]["args"] = serde_json::json!([]),
+                "process.args",
+            ),
             (|v| v["process"]["cwd"] = "rel".into(), "process.cwd"),
             (|v| v["ociVersion"] = "2.0".into(), "ociVersion"),
-            (|v| v["process"]["env"] = serde_json::json!(["NOEQUALS"]), "process.env[0]"),
+            (
+                |v| v["process"]["env"] = serde_json::json!(["NOEQUALS"]),
+                "process.env[0]",
+            ),
             (
                 |v| v["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}]),
                 "mount namespace is required",
             ),
             (
-                |v| v["linux"]["namespaces"] = serde_json::json!([{"type": "mount"}, {"type": "mount"}]),
+                |v| {
+                    v["linux"]["namespaces"] =
+                        serde_json::json!([{"type": "mount"}, {"type": "mount"}])
+                },
                 "linux.namespaces[1]",
             ),
             (
-                |v| {
-                    v["linux"]["namespaces"] =
-                        serde_json::json!([{"type": "mount"}, {"type": "network", "path": "/nonexistent/ns"}])
-                },
+                |v| v["linux"]["namespaces"] = serde_json::json!([{"type": "mount"}, {"type": "network", "path": "/nonexistent/ns"}]),
                 "linux.namespaces[1].path",
             ),
             (

@@ -65,7 +65,9 @@ fn run_one(hook: &Hook, input: &[u8]) -> Result<(), String> {
             cmd.env(k, v);
         }
     }
-    cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A hook that ignores stdin may close it early; that is not an error.
@@ -132,16 +134,22 @@ mod tests {
         }));
         run("prestart", &[h], &state()).unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
-        assert!(text.contains("\"id\":\"c1\"") && text.contains("\"pid\":42"), "{text}");
+        assert!(
+            text.contains("\"id\":\"c1\"") && text.contains("\"pid\":42"),
+            "{text}"
+        );
         assert!(text.contains("from-env"), "{text}");
     }
 
     #[test]
     fn failure_and_timeout_are_reported() {
-        let fail = hook(serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", "echo bad >&2; exit 3"]}));
+        let fail = hook(
+            serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", "echo bad >&2; exit 3"]}),
+        );
         let e = run("poststop", &[fail], &state()).unwrap_err().to_string();
         assert!(e.contains("poststop hook 0") && e.contains("bad"), "{e}");
-        let slow = hook(serde_json::json!({"path": "/bin/sleep", "args": ["sleep", "5"], "timeout": 1}));
+        let slow =
+            hook(serde_json::json!({"path": "/bin/sleep", "args": ["sleep", "5"], "timeout": 1}));
         let e = run("prestart", &[slow], &state()).unwrap_err().to_string();
         assert!(e.contains("timed out"), "{e}");
     }

@@ -1,9 +1,9 @@
 //! berth's container runtime: the engine that turns an OCI bundle into a running, supervised container.
 
 pub mod bundle;
+pub mod cgroups;
 pub mod console;
 pub mod container;
-pub mod cgroups;
 pub mod crilog;
 pub mod hooks;
 pub mod id;

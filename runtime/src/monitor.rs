@@ -45,14 +45,19 @@ pub fn run(mut m: Monitor) {
     let mut deadline: Option<Instant> = None;
     let mut buf = vec![0u8; 32 * 1024];
     loop {
-        if exited.is_some() && (streams.is_empty() || deadline.is_some_and(|d| Instant::now() >= d)) {
+        if exited.is_some() && (streams.is_empty() || deadline.is_some_and(|d| Instant::now() >= d))
+        {
             break;
         }
         let mut fds = vec![PollFd::new(m.signals.as_fd(), PollFlags::POLLIN)];
         for (fd, _) in &streams {
             fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
         }
-        let timeout = if exited.is_some() { PollTimeout::from(100u16) } else { PollTimeout::NONE };
+        let timeout = if exited.is_some() {
+            PollTimeout::from(100u16)
+        } else {
+            PollTimeout::NONE
+        };
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(_) => break,
@@ -112,7 +117,9 @@ pub fn run(mut m: Monitor) {
         let _ = log.finish(Stream::Stdout);
         let _ = log.finish(Stream::Stderr);
     }
-    let Some((status, finished)) = exited else { return };
+    let Some((status, finished)) = exited else {
+        return;
+    };
     let (exit_code, signal) = crate::container::init_exit_code(status);
     let started_at = std::fs::read_to_string(m.state_dir.join("started")).unwrap_or_default();
     let record = ExitRecord {

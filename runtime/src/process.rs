@@ -98,7 +98,8 @@ fn cap_err(op: &'static str) -> impl Fn(caps::errors::CapsError) -> ProcessError
 pub fn apply_bounding(sets: &CapSets) -> Result<()> {
     for cap in caps::runtime::thread_all_supported() {
         if !sets.bounding.contains(&cap) {
-            caps::drop(None, CapSet::Bounding, cap).map_err(cap_err("dropping from bounding set"))?;
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(cap_err("dropping from bounding set"))?;
         }
     }
     Ok(())
@@ -108,9 +109,11 @@ pub fn apply_bounding(sets: &CapSets) -> Result<()> {
 pub fn apply_caps(sets: &CapSets) -> Result<()> {
     // Each capset must leave effective within permitted: inheritable first (while
     // CAP_SETPCAP is still effective), then lower effective, then permitted.
-    caps::set(None, CapSet::Inheritable, &sets.inheritable).map_err(cap_err("setting inheritable"))?;
+    caps::set(None, CapSet::Inheritable, &sets.inheritable)
+        .map_err(cap_err("setting inheritable"))?;
     caps::set(None, CapSet::Effective, &sets.effective).map_err(cap_err("setting effective"))?;
-    caps::set(None, CapSet::Permitted, &sets.permitted).map_err(cap_err("setting permitted (is effective a subset of it?)"))?;
+    caps::set(None, CapSet::Permitted, &sets.permitted)
+        .map_err(cap_err("setting permitted (is effective a subset of it?)"))?;
     caps::clear(None, CapSet::Ambient).map_err(cap_err("clearing ambient"))?;
     for cap in &sets.ambient {
         // Raising an ambient cap not in permitted and inheritable is refused by the
@@ -318,7 +321,9 @@ mod tests {
     fn executable_lookup() {
         let env = vec!["PATH=/nonexistent:/bin:/usr/bin".to_string()];
         assert!(find_executable("sh", &env).unwrap().ends_with("sh"));
-        let e = find_executable("no-such-binary-x", &env).unwrap_err().to_string();
+        let e = find_executable("no-such-binary-x", &env)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not found in $PATH"), "{e}");
         assert!(find_executable("/etc", &env).is_err());
     }

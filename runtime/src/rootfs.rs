@@ -32,12 +32,17 @@ pub enum RootfsError {
         source: Errno,
     },
     #[error("mount source {path}: {source}")]
-    Source { path: PathBuf, source: std::io::Error },
+    Source {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("creating device {path}: {source}")]
     Device { path: PathBuf, source: Errno },
     #[error("pivot_root to {path}: {source}")]
     Pivot { path: PathBuf, source: Errno },
-    #[error("rootfs propagation {0:?} is not one of shared, slave, private, unbindable and their r-forms")]
+    #[error(
+        "rootfs propagation {0:?} is not one of shared, slave, private, unbindable and their r-forms"
+    )]
     Propagation(String),
     #[error("reading /proc/self/mountinfo: {0}")]
     MountInfo(std::io::Error),
@@ -92,18 +97,36 @@ pub fn parse_options(options: &[String]) -> MountOptions {
             }
             "rbind" => {
                 o.bind = true;
-                (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty(), MsFlags::empty())
+                (
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    MsFlags::empty(),
+                    MsFlags::empty(),
+                )
             }
             "private" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE),
-            "rprivate" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE | MsFlags::MS_REC),
+            "rprivate" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            ),
             "shared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED),
-            "rshared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED | MsFlags::MS_REC),
+            "rshared" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_SHARED | MsFlags::MS_REC,
+            ),
             "slave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE),
-            "rslave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE | MsFlags::MS_REC),
+            "rslave" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            ),
             "unbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE),
-            "runbindable" => {
-                (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE | MsFlags::MS_REC)
-            }
+            "runbindable" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+            ),
             // SELinux relabel requests and runc's own markers: accepted, nothing to do here.
             "z" | "Z" | "tmpcopyup" | "rro" | "rrw" => continue,
             other => {
@@ -134,7 +157,12 @@ fn open_how(flags: OFlag) -> OpenHow {
 
 fn relative(path: &Path) -> PathBuf {
     path.components()
-        .filter(|c| !matches!(c, Component::RootDir | Component::Prefix(_) | Component::CurDir))
+        .filter(|c| {
+            !matches!(
+                c,
+                Component::RootDir | Component::Prefix(_) | Component::CurDir
+            )
+        })
         .collect()
 }
 
@@ -173,7 +201,11 @@ pub fn resolve_in_root(root: &impl AsFd, path: &Path, create: Create) -> Result<
     for (i, part) in parts.iter().enumerate() {
         let parent = nix::fcntl::openat2(
             root,
-            if prefix.as_os_str().is_empty() { Path::new(".") } else { &prefix },
+            if prefix.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                &prefix
+            },
             open_how(OFlag::O_PATH | OFlag::O_DIRECTORY),
         )
         .map_err(|e| match e {
@@ -230,7 +262,9 @@ pub struct Hierarchy {
 pub fn parse_cgroup_mounts(mountinfo: &str) -> Vec<Hierarchy> {
     let mut out = Vec::new();
     for line in mountinfo.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
         let pre: Vec<&str> = pre.split(' ').collect();
         let post: Vec<&str> = post.split(' ').collect();
         if pre.len() < 5 || post.len() < 3 {
@@ -242,7 +276,16 @@ pub fn parse_cgroup_mounts(mountinfo: &str) -> Vec<Hierarchy> {
         }
         let options = post[2]
             .split(',')
-            .filter(|o| !matches!(*o, "rw" | "ro" | "nsdelegate" | "memory_recursiveprot" | "xattr" | "clone_children") && !o.starts_with("release_agent"))
+            .filter(|o| {
+                !matches!(
+                    *o,
+                    "rw" | "ro"
+                        | "nsdelegate"
+                        | "memory_recursiveprot"
+                        | "xattr"
+                        | "clone_children"
+                ) && !o.starts_with("release_agent")
+            })
             .collect::<Vec<_>>()
             .join(",");
         out.push(Hierarchy {
@@ -256,7 +299,10 @@ pub fn parse_cgroup_mounts(mountinfo: &str) -> Vec<Hierarchy> {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// Everything the rootfs needs to know before pivot_root.
@@ -304,8 +350,14 @@ pub fn prepare(sys: &dyn Syscall, plan: &Plan) -> Result<()> {
     };
     // Nothing we mount may propagate back to the host, so start as slave (or what
     // the spec asks) for the whole tree.
-    sys.mount(None, Path::new("/"), None, root_prop | MsFlags::MS_REC, None)
-        .map_err(mount_err("setting propagation", Path::new("/")))?;
+    sys.mount(
+        None,
+        Path::new("/"),
+        None,
+        root_prop | MsFlags::MS_REC,
+        None,
+    )
+    .map_err(mount_err("setting propagation", Path::new("/")))?;
     // pivot_root needs the new root to be a mount point whose parent is not shared.
     sys.mount(
         Some(plan.rootfs),
@@ -317,7 +369,10 @@ pub fn prepare(sys: &dyn Syscall, plan: &Plan) -> Result<()> {
     .map_err(mount_err("binding the rootfs onto itself", plan.rootfs))?;
     if root_prop.contains(MsFlags::MS_SHARED) {
         sys.mount(None, plan.rootfs, None, MsFlags::MS_PRIVATE, None)
-            .map_err(mount_err("making the rootfs private for pivot_root", plan.rootfs))?;
+            .map_err(mount_err(
+                "making the rootfs private for pivot_root",
+                plan.rootfs,
+            ))?;
     }
     let root = nix::fcntl::open(
         plan.rootfs,
@@ -337,7 +392,18 @@ pub fn prepare(sys: &dyn Syscall, plan: &Plan) -> Result<()> {
     }
     if dev_is_tmpfs {
         for (path, major, minor) in DEFAULT_DEVICES {
-            make_device(sys, plan, &root, Path::new(path), SFlag::S_IFCHR, major, minor, 0o666, None, None)?;
+            make_device(
+                sys,
+                plan,
+                &root,
+                Path::new(path),
+                SFlag::S_IFCHR,
+                major,
+                minor,
+                0o666,
+                None,
+                None,
+            )?;
         }
         let links = [
             ("/proc/self/fd", "/dev/fd"),
@@ -417,8 +483,13 @@ fn make_device(
     let node = dir.path.join(name);
     // A leftover from the image (or a default device the spec redefines) is replaced.
     let _ = nix::unistd::unlinkat(&dir.fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
-    sys.mknod(&node, kind, Mode::from_bits_truncate(mode), libc::makedev(major as u32, minor as u32))
-        .map_err(err)?;
+    sys.mknod(
+        &node,
+        kind,
+        Mode::from_bits_truncate(mode),
+        libc::makedev(major as u32, minor as u32),
+    )
+    .map_err(err)?;
     if uid.is_some() || gid.is_some() {
         sys.chown(&node, uid, gid).map_err(err)?;
     }
@@ -440,10 +511,21 @@ fn mount_one(sys: &dyn Syscall, plan: &Plan, root: &OwnedFd, m: &Mount) -> Resul
             path: source.to_owned(),
             source: e,
         })?;
-        let target = resolve_in_root(root, dest, if meta.is_dir() { Create::Dir } else { Create::File })?;
+        let target = resolve_in_root(
+            root,
+            dest,
+            if meta.is_dir() {
+                Create::Dir
+            } else {
+                Create::File
+            },
+        )?;
         let bind = MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC);
         sys.mount(Some(source), &target.path, None, bind, None)
-            .map_err(mount_err(format!("bind mount of {}", source.display()), dest))?;
+            .map_err(mount_err(
+                format!("bind mount of {}", source.display()),
+                dest,
+            ))?;
         // Bind ignores other flags; they take effect on a remount.
         let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
@@ -467,18 +549,41 @@ fn mount_one(sys: &dyn Syscall, plan: &Plan, root: &OwnedFd, m: &Mount) -> Resul
     let target = resolve_in_root(root, dest, Create::Dir)?;
     let source = m.source().clone().unwrap_or_else(|| PathBuf::from(fstype));
     let flags = opts.flags & !MsFlags::MS_REMOUNT;
-    let result = sys.mount(Some(&source), &target.path, Some(fstype), flags, data.as_deref());
+    let result = sys.mount(
+        Some(&source),
+        &target.path,
+        Some(fstype),
+        flags,
+        data.as_deref(),
+    );
     match result {
         Ok(()) => {}
         // sysfs needs a network namespace of our own and mqueue an ipc one; when the
         // container shares the host's, bind the host's instead, as runc does.
         Err(Errno::EPERM | Errno::EBUSY) if fstype == "sysfs" || fstype == "mqueue" => {
-            let host = if fstype == "sysfs" { "/sys" } else { "/dev/mqueue" };
-            sys.mount(Some(Path::new(host)), &target.path, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
-                .map_err(mount_err(format!("binding host {host}"), dest))?;
+            let host = if fstype == "sysfs" {
+                "/sys"
+            } else {
+                "/dev/mqueue"
+            };
+            sys.mount(
+                Some(Path::new(host)),
+                &target.path,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )
+            .map_err(mount_err(format!("binding host {host}"), dest))?;
             if flags.contains(MsFlags::MS_RDONLY) {
-                sys.mount(None, &target.path, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags, None)
-                    .map_err(mount_err(format!("remounting host {host} read-only"), dest))?;
+                let target = resolve_in_root(root, dest, Create::Nothing)?;
+                sys.mount(
+                    None,
+                    &target.path,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags,
+                    None,
+                )
+                .map_err(mount_err(format!("remounting host {host} read-only"), dest))?;
             }
         }
         Err(e) => return Err(mount_err(format!("mounting {fstype}"), dest)(e)),
@@ -519,7 +624,13 @@ fn locked_flags(path: &Path) -> MsFlags {
 }
 
 /// /sys/fs/cgroup inside the container: the container's own cgroups as roots.
-fn mount_cgroups(sys: &dyn Syscall, plan: &Plan, root: &OwnedFd, dest: &Path, opts: &MountOptions) -> Result<()> {
+fn mount_cgroups(
+    sys: &dyn Syscall,
+    plan: &Plan,
+    root: &OwnedFd,
+    dest: &Path,
+    opts: &MountOptions,
+) -> Result<()> {
     let flags = opts.flags & !(MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_REC);
     let pure_v2 = plan.hierarchies.len() == 1 && plan.hierarchies[0].fstype == "cgroup2";
     let rel = relative(plan.cgroup_path);
@@ -527,17 +638,32 @@ fn mount_cgroups(sys: &dyn Syscall, plan: &Plan, root: &OwnedFd, dest: &Path, op
         let target = resolve_in_root(root, dest, Create::Dir)?;
         if plan.cgroup_ns {
             return sys
-                .mount(Some(Path::new("cgroup2")), &target.path, Some("cgroup2"), flags, None)
+                .mount(
+                    Some(Path::new("cgroup2")),
+                    &target.path,
+                    Some("cgroup2"),
+                    flags,
+                    None,
+                )
                 .map_err(mount_err("mounting cgroup2", dest));
         }
         let host = plan.hierarchies[0].mount_point.join(&rel);
         sys.mount(Some(&host), &target.path, None, MsFlags::MS_BIND, None)
             .map_err(mount_err(format!("binding {}", host.display()), dest))?;
+        let on_top = resolve_in_root(root, dest, Create::Nothing)?;
         return sys
-            .mount(None, &target.path, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags, None)
+            .mount(
+                None,
+                &on_top.path,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+                None,
+            )
             .map_err(mount_err("remounting cgroup bind", dest));
     }
     // v1 (or hybrid): a tmpfs holding one mount per hierarchy, named as on the host.
+    let own_cgroups =
+        parse_proc_cgroup(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
     let target = resolve_in_root(root, dest, Create::Dir)?;
     sys.mount(
         Some(Path::new("tmpfs")),
@@ -548,7 +674,9 @@ fn mount_cgroups(sys: &dyn Syscall, plan: &Plan, root: &OwnedFd, dest: &Path, op
     )
     .map_err(mount_err("mounting tmpfs for cgroups", dest))?;
     for h in plan.hierarchies {
-        let Some(name) = h.mount_point.file_name() else { continue };
+        let Some(name) = h.mount_point.file_name() else {
+            continue;
+        };
         let sub = dest.join(name);
         let t = resolve_in_root(root, &sub, Create::Dir)?;
         let result = if plan.cgroup_ns {
@@ -559,20 +687,61 @@ fn mount_cgroups(sys: &dyn Syscall, plan: &Plan, root: &OwnedFd, dest: &Path, op
             };
             sys.mount(Some(Path::new(src)), &t.path, Some(&h.fstype), flags, data)
         } else {
-            let host = h.mount_point.join(&rel);
-            sys.mount(Some(&host), &t.path, None, MsFlags::MS_BIND, None).and_then(|()| {
-                sys.mount(None, &t.path, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags, None)
-            })
+            // Bind the init's own cgroup in this hierarchy (berth made it for the
+            // controllers; for others, such as name=systemd, it is where we run).
+            let own = own_cgroups
+                .iter()
+                .find(|(ctrl, _)| *ctrl == h.options || (h.fstype == "cgroup2" && ctrl.is_empty()));
+            let path = own
+                .map(|(_, p)| p.clone())
+                .unwrap_or_else(|| Path::new("/").join(&rel));
+            let inside = path.strip_prefix(&h.root).unwrap_or(&path);
+            let host = h.mount_point.join(relative(inside));
+            sys.mount(Some(&host), &t.path, None, MsFlags::MS_BIND, None)
+                .and_then(|()| {
+                    // The fd names the covered directory; the remount needs the new mount on top.
+                    let on_top =
+                        resolve_in_root(root, &sub, Create::Nothing).map_err(|_| Errno::ENOENT)?;
+                    sys.mount(
+                        None,
+                        &on_top.path,
+                        None,
+                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+                        None,
+                    )
+                })
         };
-        result.map_err(mount_err(format!("mounting cgroup hierarchy {}", h.options), &sub))?;
+        result.map_err(mount_err(
+            format!("mounting cgroup hierarchy {}", h.options),
+            &sub,
+        ))?;
     }
     // The host's cpu,cpuacct style symlinks are not recreated; tools look up controllers by mountinfo.
     if flags.contains(MsFlags::MS_RDONLY) {
         let target = resolve_in_root(root, dest, Create::Nothing)?;
-        sys.mount(None, &target.path, None, MsFlags::MS_REMOUNT | flags, Some("mode=755"))
-            .map_err(mount_err("remounting cgroup tmpfs read-only", dest))?;
+        sys.mount(
+            None,
+            &target.path,
+            None,
+            MsFlags::MS_REMOUNT | flags,
+            Some("mode=755"),
+        )
+        .map_err(mount_err("remounting cgroup tmpfs read-only", dest))?;
     }
     Ok(())
+}
+
+/// Parses /proc/PID/cgroup into (controllers, path); v2's line has no controllers.
+pub fn parse_proc_cgroup(text: &str) -> Vec<(String, PathBuf)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let _id = parts.next()?;
+            let ctrl = parts.next()?;
+            let path = parts.next()?;
+            Some((ctrl.to_owned(), PathBuf::from(path)))
+        })
+        .collect()
 }
 
 /// pivot_root into the prepared rootfs.
@@ -584,7 +753,12 @@ pub fn pivot(sys: &dyn Syscall, rootfs: &Path) -> Result<()> {
 }
 
 /// After pivot_root: masked and read-only paths, and a read-only root.
-pub fn finish(sys: &dyn Syscall, masked: &[String], readonly: &[String], readonly_root: bool) -> Result<()> {
+pub fn finish(
+    sys: &dyn Syscall,
+    masked: &[String],
+    readonly: &[String],
+    readonly_root: bool,
+) -> Result<()> {
     for p in masked {
         let path = Path::new(p);
         let meta = match std::fs::symlink_metadata(path) {
@@ -592,9 +766,21 @@ pub fn finish(sys: &dyn Syscall, masked: &[String], readonly: &[String], readonl
             Err(_) => continue,
         };
         let result = if meta.is_dir() {
-            sys.mount(Some(Path::new("tmpfs")), path, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0"))
+            sys.mount(
+                Some(Path::new("tmpfs")),
+                path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0"),
+            )
         } else {
-            sys.mount(Some(Path::new("/dev/null")), path, None, MsFlags::MS_BIND, None)
+            sys.mount(
+                Some(Path::new("/dev/null")),
+                path,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )
         };
         match result {
             Ok(()) | Err(Errno::ENOENT) => {}
@@ -603,7 +789,13 @@ pub fn finish(sys: &dyn Syscall, masked: &[String], readonly: &[String], readonl
     }
     for p in readonly {
         let path = Path::new(p);
-        match sys.mount(Some(path), path, None, MsFlags::MS_BIND | MsFlags::MS_REC, None) {
+        match sys.mount(
+            Some(path),
+            path,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        ) {
             Ok(()) => {}
             Err(Errno::ENOENT) => continue,
             Err(e) => return Err(mount_err("binding read-only path", path)(e)),
@@ -661,7 +853,10 @@ mod tests {
         assert_eq!(o.data, vec!["mode=755", "size=65536k"]);
         let o = opts(&["rbind", "ro", "rslave"]);
         assert!(o.bind);
-        assert_eq!(o.flags, MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY);
+        assert_eq!(
+            o.flags,
+            MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY
+        );
         assert_eq!(o.propagation, MsFlags::MS_SLAVE | MsFlags::MS_REC);
         let o = opts(&["ro", "rw"]);
         assert_eq!(o.flags, MsFlags::empty());
@@ -669,7 +864,10 @@ mod tests {
 
     #[test]
     fn propagation_names() {
-        assert_eq!(propagation_flags("rshared").unwrap(), MsFlags::MS_SHARED | MsFlags::MS_REC);
+        assert_eq!(
+            propagation_flags("rshared").unwrap(),
+            MsFlags::MS_SHARED | MsFlags::MS_REC
+        );
         assert!(propagation_flags("sideways").is_err());
     }
 
@@ -735,10 +933,16 @@ mod tests {
         prepare(&rec, &plan).unwrap();
         let calls = rec.take();
         let text = calls.join("\n");
-        assert!(calls[0].starts_with("mount - / - MS_REC | MS_SLAVE"), "{text}");
+        assert!(
+            calls[0].starts_with("mount - / - MS_REC | MS_SLAVE"),
+            "{text}"
+        );
         assert!(calls[1].contains("MS_BIND | MS_REC"), "{text}");
         assert!(text.contains(" proc MsFlags(0x0) -"), "{text}");
-        assert!(text.contains("tmpfs MS_NOSUID | MS_STRICTATIME mode=755,size=65536k"), "{text}");
+        assert!(
+            text.contains("tmpfs MS_NOSUID | MS_STRICTATIME mode=755,size=65536k"),
+            "{text}"
+        );
         // sysfs refused (host netns): fall back to a read-only bind of the host's /sys.
         assert!(text.contains("mount /sys "), "{text}");
         assert!(text.contains("MS_RDONLY | MS_REMOUNT | MS_BIND"), "{text}");

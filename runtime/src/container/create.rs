@@ -65,9 +65,12 @@ impl Drop for Undo<'_> {
         }
         if let Some(cg) = &self.cgroup {
             for pid in cg.pids().unwrap_or_default() {
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ =
+                    nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
-            super::wait_until(std::time::Duration::from_secs(5), || cg.pids().map(|p| p.is_empty()).unwrap_or(true));
+            super::wait_until(std::time::Duration::from_secs(5), || {
+                cg.pids().map(|p| p.is_empty()).unwrap_or(true)
+            });
             if let Err(e) = cg.destroy() {
                 tracing::warn!(id = %self.id, error = %e, "removing the cgroup of a failed create");
             }
@@ -80,35 +83,63 @@ impl Engine {
     pub fn create(&self, o: &CreateOptions) -> Result<ContainerState> {
         crate::id::validate(&o.id)?;
         let bundle = Bundle::load(&o.bundle)?;
-        let process = bundle.spec.process().clone().ok_or_else(|| EngineError::Bundle(crate::bundle::BundleError::Invalid {
-            field: "process".into(),
-            message: "missing; nothing to run".into(),
-        }))?;
+        let process = bundle.spec.process().clone().ok_or_else(|| {
+            EngineError::Bundle(crate::bundle::BundleError::Invalid {
+                field: "process".into(),
+                message: "missing; nothing to run".into(),
+            })
+        })?;
         let linux = bundle.spec.linux().clone().unwrap_or_default();
         let seccomp = match linux.seccomp() {
             Some(s) => Some(crate::seccomp::compile(s)?),
             None => None,
         };
         if o.cri_log.is_some() && o.monitor == MonitorMode::Never {
-            return Err(EngineError::Setup { id: o.id.clone(), message: "a CRI log needs berth's monitor".into() });
+            return Err(EngineError::Setup {
+                id: o.id.clone(),
+                message: "a CRI log needs berth's monitor".into(),
+            });
         }
         if process.terminal().unwrap_or(false) && o.console_socket.is_none() {
-            return Err(EngineError::Setup { id: o.id.clone(), message: "process.terminal is set: --console-socket is required".into() });
+            return Err(EngineError::Setup {
+                id: o.id.clone(),
+                message: "process.terminal is set: --console-socket is required".into(),
+            });
         }
         let dir = self.root.reserve(&o.id)?;
-        let mut undo = Undo { engine: self, id: o.id.clone(), cgroup: None, armed: true };
-        let config_text = serde_json::to_vec(&bundle.spec).map_err(|e| io("encoding config")(std::io::Error::other(e)))?;
+        let mut undo = Undo {
+            engine: self,
+            id: o.id.clone(),
+            cgroup: None,
+            armed: true,
+        };
+        let config_text = serde_json::to_vec(&bundle.spec)
+            .map_err(|e| io("encoding config")(std::io::Error::other(e)))?;
         state::write_atomic(&dir.join(state::CONFIG_FILE), &config_text)?;
 
-        let rel = cgroups::resolve_path(linux.cgroups_path().as_ref().and_then(|p| p.to_str()), &o.id)?;
+        let rel = cgroups::resolve_path(
+            linux.cgroups_path().as_ref().and_then(|p| p.to_str()),
+            &o.id,
+        )?;
         let cg = cgroups::open(&self.cgroups, &rel)?;
         cg.create()?;
         undo.cgroup = Some(cg);
-        let cg = undo.cgroup.as_ref().map(|c| c.as_ref()).ok_or_else(|| EngineError::Setup { id: o.id.clone(), message: "cgroup".into() })?;
-        let resources = with_default_devices(linux.resources().clone().unwrap_or_default(), linux.devices().as_deref().unwrap_or_default());
+        let cg = undo
+            .cgroup
+            .as_ref()
+            .map(|c| c.as_ref())
+            .ok_or_else(|| EngineError::Setup {
+                id: o.id.clone(),
+                message: "cgroup".into(),
+            })?;
+        let resources = with_default_devices(
+            linux.resources().clone().unwrap_or_default(),
+            linux.devices().as_deref().unwrap_or_default(),
+        );
         cg.apply(&resources)?;
         let fifo = dir.join(state::FIFO_FILE);
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(sys(format!("mkfifo {}", fifo.display())))?;
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(sys(format!("mkfifo {}", fifo.display())))?;
         let console = match &o.console_socket {
             Some(p) => Some(connect_console(p)?),
             None => None,
@@ -184,8 +215,19 @@ impl Engine {
         Ok(st)
     }
 
-    fn spawn_and_record(&self, cfg: InitConfig, cg: &dyn Cgroup, mut record: ContainerState, dir: &Path) -> Result<ContainerState> {
-        let pid = spawn(&cfg, cg, |pid| run_create_hooks(&cfg, pid)).map_err(|message| EngineError::Setup { id: cfg.id.clone(), message })?;
+    fn spawn_and_record(
+        &self,
+        cfg: InitConfig,
+        cg: &dyn Cgroup,
+        mut record: ContainerState,
+        dir: &Path,
+    ) -> Result<ContainerState> {
+        let pid = spawn(&cfg, cg, |pid| run_create_hooks(&cfg, pid)).map_err(|message| {
+            EngineError::Setup {
+                id: cfg.id.clone(),
+                message,
+            }
+        })?;
         record.pid = pid;
         record.pid_start = state::proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
         state::write_json(&dir.join(state::STATE_FILE), &record)?;
@@ -194,10 +236,26 @@ impl Engine {
 
     /// Forks the monitor (through an intermediate, so it is not our child) and
     /// lets it create the container; returns what it reports.
-    fn create_under_monitor(&self, mut cfg: InitConfig, cg: &dyn Cgroup, record: ContainerState, dir: &Path, mode: MonitorMode, cri_log: Option<&Path>) -> Result<ContainerState> {
-        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    fn create_under_monitor(
+        &self,
+        mut cfg: InitConfig,
+        cg: &dyn Cgroup,
+        record: ContainerState,
+        dir: &Path,
+        mode: MonitorMode,
+        cri_log: Option<&Path>,
+    ) -> Result<ContainerState> {
+        let (report_r, report_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
         let log = match cri_log {
-            Some(p) => Some(crate::crilog::CriLogWriter::open(p).map_err(|e| EngineError::Setup { id: cfg.id.clone(), message: format!("CRI log {}: {e}", p.display()) })?),
+            Some(p) => {
+                Some(
+                    crate::crilog::CriLogWriter::open(p).map_err(|e| EngineError::Setup {
+                        id: cfg.id.clone(),
+                        message: format!("CRI log {}: {e}", p.display()),
+                    })?,
+                )
+            }
             None => None,
         };
         let pipes = if log.is_some() {
@@ -213,11 +271,13 @@ impl Engine {
             ForkResult::Child => {
                 drop(report_r);
                 let _ = nix::unistd::setsid();
+                // Taken before the fork: once we exit, the monitor's getppid() no longer names us.
+                let middle = nix::unistd::getpid();
                 // SAFETY: still single-threaded.
                 match unsafe { nix::unistd::fork() } {
                     Ok(ForkResult::Child) => {
-                        let middle = nix::unistd::getppid();
-                        let code = self.monitor_main(cfg, cg, record, dir, mode, middle, report_w, pipes, log);
+                        let code = self
+                            .monitor_main(cfg, cg, record, dir, mode, middle, report_w, pipes, log);
                         // SAFETY: ends the monitor without unwinding into the CLI's main.
                         unsafe { libc::_exit(code) }
                     }
@@ -231,18 +291,37 @@ impl Engine {
                 drop(pipes);
                 let _ = nix::sys::wait::waitpid(child, None);
                 let mut buf = Vec::new();
-                std::fs::File::from(report_r).read_to_end(&mut buf).map_err(io("reading the monitor's report"))?;
+                std::fs::File::from(report_r)
+                    .read_to_end(&mut buf)
+                    .map_err(io("reading the monitor's report"))?;
                 match serde_json::from_slice::<std::result::Result<ContainerState, String>>(&buf) {
                     Ok(Ok(st)) => Ok(st),
-                    Ok(Err(message)) => Err(EngineError::Setup { id: record.id, message }),
-                    Err(_) => Err(EngineError::Setup { id: record.id, message: "the monitor exited without a report".into() }),
+                    Ok(Err(message)) => Err(EngineError::Setup {
+                        id: record.id,
+                        message,
+                    }),
+                    Err(_) => Err(EngineError::Setup {
+                        id: record.id,
+                        message: "the monitor exited without a report".into(),
+                    }),
                 }
             }
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn monitor_main(&self, cfg: InitConfig, cg: &dyn Cgroup, mut record: ContainerState, dir: &Path, mode: MonitorMode, middle: Pid, report: OwnedFd, pipes: Option<(OwnedFd, OwnedFd)>, log: Option<crate::crilog::CriLogWriter>) -> i32 {
+    fn monitor_main(
+        &self,
+        cfg: InitConfig,
+        cg: &dyn Cgroup,
+        mut record: ContainerState,
+        dir: &Path,
+        mode: MonitorMode,
+        middle: Pid,
+        report: OwnedFd,
+        pipes: Option<(OwnedFd, OwnedFd)>,
+        log: Option<crate::crilog::CriLogWriter>,
+    ) -> i32 {
         // Wait to be orphaned, then see who adopted us.
         let mut spins = 0;
         while nix::unistd::getppid() == middle && spins < 20_000 {
@@ -255,12 +334,16 @@ impl Engine {
         let sfd = match super::wait::block_signals() {
             Ok(s) => s,
             Err(e) => {
-                let _ = report.write_all(&serde_json::to_vec(&Err::<ContainerState, _>(e)).unwrap_or_default());
+                let _ = report.write_all(
+                    &serde_json::to_vec(&Err::<ContainerState, _>(e)).unwrap_or_default(),
+                );
                 return 1;
             }
         };
         if let Err(e) = set_subreaper() {
-            let _ = report.write_all(&serde_json::to_vec(&Err::<ContainerState, _>(e.to_string())).unwrap_or_default());
+            let _ = report.write_all(
+                &serde_json::to_vec(&Err::<ContainerState, _>(e.to_string())).unwrap_or_default(),
+            );
             return 1;
         }
         if !stand_aside {
@@ -270,11 +353,15 @@ impl Engine {
         let st = match result {
             Ok(st) => st,
             Err(e) => {
-                let _ = report.write_all(&serde_json::to_vec(&Err::<ContainerState, _>(e.to_string())).unwrap_or_default());
+                let _ = report.write_all(
+                    &serde_json::to_vec(&Err::<ContainerState, _>(e.to_string()))
+                        .unwrap_or_default(),
+                );
                 return 1;
             }
         };
-        let _ = report.write_all(&serde_json::to_vec(&Ok::<_, String>(st.clone())).unwrap_or_default());
+        let _ =
+            report.write_all(&serde_json::to_vec(&Ok::<_, String>(st.clone())).unwrap_or_default());
         drop(report);
         if stand_aside {
             // The init is handed to the subreaper that adopted us.
@@ -282,7 +369,11 @@ impl Engine {
         }
         // The caller's stdio belongs to the container now; holding it would keep a
         // reader of the caller's output waiting after the container exits.
-        if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
             for fd in 0..3 {
                 // SAFETY: dup2 onto our own standard descriptors.
                 unsafe { libc::dup2(null.as_raw_fd(), fd) };
@@ -303,16 +394,23 @@ impl Engine {
 fn set_subreaper() -> Result<()> {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes integers only.
     let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    nix::errno::Errno::result(r).map(drop).map_err(sys("prctl(PR_SET_CHILD_SUBREAPER)"))
+    nix::errno::Errno::result(r)
+        .map(drop)
+        .map_err(sys("prctl(PR_SET_CHILD_SUBREAPER)"))
 }
 
 fn connect_console(path: &Path) -> Result<OwnedFd> {
-    let s = std::os::unix::net::UnixStream::connect(path).map_err(io(format!("connecting to console socket {}", path.display())))?;
+    let s = std::os::unix::net::UnixStream::connect(path).map_err(io(format!(
+        "connecting to console socket {}",
+        path.display()
+    )))?;
     Ok(OwnedFd::from(s))
 }
 
 fn run_create_hooks(cfg: &InitConfig, pid: i32) -> std::result::Result<(), String> {
-    let Some(hooks) = cfg.spec.hooks() else { return Ok(()) };
+    let Some(hooks) = cfg.spec.hooks() else {
+        return Ok(());
+    };
     let st = crate::hooks::HookState {
         oci_version: cfg.spec.version(),
         id: &cfg.id,
@@ -321,13 +419,27 @@ fn run_create_hooks(cfg: &InitConfig, pid: i32) -> std::result::Result<(), Strin
         bundle: &cfg.bundle,
         annotations: cfg.spec.annotations().as_ref(),
     };
-    crate::hooks::run("prestart", hooks.prestart().as_deref().unwrap_or_default(), &st).map_err(|e| e.to_string())?;
-    crate::hooks::run("createRuntime", hooks.create_runtime().as_deref().unwrap_or_default(), &st).map_err(|e| e.to_string())
+    crate::hooks::run(
+        "prestart",
+        hooks.prestart().as_deref().unwrap_or_default(),
+        &st,
+    )
+    .map_err(|e| e.to_string())?;
+    crate::hooks::run(
+        "createRuntime",
+        hooks.create_runtime().as_deref().unwrap_or_default(),
+        &st,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Forks stage 1, drives the setup conversation, and returns the init's pid once
 /// it is ready (create: waiting at the barrier; exec: about to exec).
-pub(super) fn spawn(cfg: &InitConfig, cg: &dyn Cgroup, mut on_hooks: impl FnMut(i32) -> std::result::Result<(), String>) -> std::result::Result<i32, String> {
+pub(super) fn spawn(
+    cfg: &InitConfig,
+    cg: &dyn Cgroup,
+    mut on_hooks: impl FnMut(i32) -> std::result::Result<(), String>,
+) -> std::result::Result<i32, String> {
     let (parent, child) = Channel::pair().map_err(|e| format!("socketpair: {e}"))?;
     // SAFETY: the caller is single-threaded.
     let stage1 = match unsafe { nix::unistd::fork() } {
@@ -364,7 +476,9 @@ pub(super) fn spawn(cfg: &InitConfig, cg: &dyn Cgroup, mut on_hooks: impl FnMut(
                     }
                 }
                 Ok(Msg::Warn(w)) => tracing::warn!(container = %cfg.id, "{w}"),
-                Ok(Msg::Ready) => return init_pid.ok_or_else(|| "ready before the init existed".to_string()),
+                Ok(Msg::Ready) => {
+                    return init_pid.ok_or_else(|| "ready before the init existed".to_string());
+                }
                 Ok(Msg::Error(e)) => return Err(e),
                 Ok(other) => return Err(format!("unexpected message {other:?}")),
                 Err(e) => return Err(e.to_string()),
@@ -390,18 +504,24 @@ fn write_id_maps(cfg: &InitConfig, pid: i32) -> std::result::Result<(), String> 
             .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
             .collect::<String>()
     };
-    for (file, text) in [("uid_map", fmt(linux.uid_mappings())), ("gid_map", fmt(linux.gid_mappings()))] {
+    for (file, text) in [
+        ("uid_map", fmt(linux.uid_mappings())),
+        ("gid_map", fmt(linux.gid_mappings())),
+    ] {
         let path = format!("/proc/{pid}/{file}");
-        std::fs::write(&path, &text).map_err(|e| format!("writing {path} ({:?}): {e}", text.trim()))?;
+        std::fs::write(&path, &text)
+            .map_err(|e| format!("writing {path} ({:?}): {e}", text.trim()))?;
     }
     Ok(())
 }
 
-
 /// The device rules every container gets on top of the spec's, as runc adds them:
 /// mknod of anything, and use of the default nodes, ptys and the spec's devices.
 /// The cgroup starts from deny-all, so without these even /dev/null is refused.
-fn with_default_devices(mut r: oci_spec::runtime::LinuxResources, devices: &[oci_spec::runtime::LinuxDevice]) -> oci_spec::runtime::LinuxResources {
+fn with_default_devices(
+    mut r: oci_spec::runtime::LinuxResources,
+    devices: &[oci_spec::runtime::LinuxDevice],
+) -> oci_spec::runtime::LinuxResources {
     use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
     let rule = |typ: LinuxDeviceType, major: Option<i64>, minor: Option<i64>, access: &str| {
         let mut d = LinuxDeviceCgroup::default();
@@ -416,7 +536,12 @@ fn with_default_devices(mut r: oci_spec::runtime::LinuxResources, devices: &[oci
     rules.push(rule(LinuxDeviceType::C, None, None, "m"));
     rules.push(rule(LinuxDeviceType::B, None, None, "m"));
     for (_, major, minor) in crate::rootfs::DEFAULT_DEVICES {
-        rules.push(rule(LinuxDeviceType::C, Some(major as i64), Some(minor as i64), "rwm"));
+        rules.push(rule(
+            LinuxDeviceType::C,
+            Some(major as i64),
+            Some(minor as i64),
+            "rwm",
+        ));
     }
     rules.push(rule(LinuxDeviceType::C, Some(5), Some(1), "rwm")); // /dev/console
     rules.push(rule(LinuxDeviceType::C, Some(5), Some(2), "rwm")); // /dev/ptmx

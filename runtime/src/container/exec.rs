@@ -37,7 +37,11 @@ impl Engine {
         crate::bundle::validate_process(&process, "process")?;
         let snap = self.state(id)?;
         if !matches!(snap.status, Status::Running | Status::Created) {
-            return Err(EngineError::WrongStatus { id: id.into(), status: snap.status, what: "cannot exec in a container that is not running" });
+            return Err(EngineError::WrongStatus {
+                id: id.into(),
+                status: snap.status,
+                what: "cannot exec in a container that is not running",
+            });
         }
         let spec = self.saved_spec(id)?;
         let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
@@ -48,7 +52,10 @@ impl Engine {
         let mut joins = Vec::new();
         for (name, flag) in NAMESPACES {
             let theirs = format!("/proc/{pid}/ns/{name}");
-            let (Ok(a), Ok(b)) = (std::fs::metadata(&theirs), std::fs::metadata(format!("/proc/self/ns/{name}"))) else {
+            let (Ok(a), Ok(b)) = (
+                std::fs::metadata(&theirs),
+                std::fs::metadata(format!("/proc/self/ns/{name}")),
+            ) else {
                 continue;
             };
             // Joining one's own namespace is an error for user namespaces and pointless for the rest.
@@ -58,11 +65,17 @@ impl Engine {
         }
         let console = match &o.console_socket {
             Some(p) => {
-                let s = std::os::unix::net::UnixStream::connect(p).map_err(super::io(format!("connecting to console socket {}", p.display())))?;
+                let s = std::os::unix::net::UnixStream::connect(p).map_err(super::io(format!(
+                    "connecting to console socket {}",
+                    p.display()
+                )))?;
                 Some(std::os::fd::OwnedFd::from(s))
             }
             None if process.terminal().unwrap_or(false) => {
-                return Err(EngineError::Setup { id: id.into(), message: "process.terminal is set: --console-socket is required".into() });
+                return Err(EngineError::Setup {
+                    id: id.into(),
+                    message: "process.terminal is set: --console-socket is required".into(),
+                });
             }
             None => None,
         };
@@ -86,30 +99,59 @@ impl Engine {
             unshare: CloneFlags::empty(),
             preserve_fds: o.preserve_fds,
         };
-        let sfd = if o.detach { None } else { Some(super::wait::block_signals().map_err(|message| EngineError::Setup { id: id.into(), message })?) };
+        let sfd = if o.detach {
+            None
+        } else {
+            Some(
+                super::wait::block_signals().map_err(|message| EngineError::Setup {
+                    id: id.into(),
+                    message,
+                })?,
+            )
+        };
         // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integers only; we adopt the
         // exec'd process when its stage 1 exits.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        let child = super::create::spawn(&cfg, cg.as_ref(), |_| Ok(())).map_err(|message| EngineError::Setup { id: id.into(), message })?;
+        let child = super::create::spawn(&cfg, cg.as_ref(), |_| Ok(())).map_err(|message| {
+            EngineError::Setup {
+                id: id.into(),
+                message,
+            }
+        })?;
         if let Some(p) = &o.pid_file {
             state::write_atomic(p, child.to_string().as_bytes())?;
         }
         match sfd {
             None => Ok(child),
-            Some(sfd) => super::wait::wait_forwarding(&sfd, child).map_err(|message| EngineError::Setup { id: id.into(), message }),
+            Some(sfd) => {
+                super::wait::wait_forwarding(&sfd, child).map_err(|message| EngineError::Setup {
+                    id: id.into(),
+                    message,
+                })
+            }
         }
     }
 
     /// `run`: create, start, wait in the foreground, delete. Returns the exit code.
     pub fn run(&self, o: &super::CreateOptions) -> Result<i32> {
-        let sfd = super::wait::block_signals().map_err(|message| EngineError::Setup { id: o.id.clone(), message })?;
-        let opts = super::CreateOptions { monitor: super::MonitorMode::Never, ..o.clone() };
+        let sfd = super::wait::block_signals().map_err(|message| EngineError::Setup {
+            id: o.id.clone(),
+            message,
+        })?;
+        let opts = super::CreateOptions {
+            monitor: super::MonitorMode::Never,
+            ..o.clone()
+        };
         let st = self.create(&opts)?;
         if let Err(e) = self.start(&o.id) {
             let _ = self.delete(&o.id, true);
             return Err(e);
         }
-        let code = super::wait::wait_forwarding(&sfd, st.pid).map_err(|message| EngineError::Setup { id: o.id.clone(), message });
+        let code =
+            super::wait::wait_forwarding(&sfd, st.pid).map_err(|message| EngineError::Setup {
+                id: o.id.clone(),
+                message,
+            });
         self.delete(&o.id, true)?;
         code
     }

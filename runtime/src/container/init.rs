@@ -97,14 +97,17 @@ fn stage1_inner(cfg: &InitConfig, chan: &Channel) -> Result<(), String> {
     // Open every namespace first: joining the mount namespace changes what paths mean.
     let mut fds = Vec::new();
     for (flag, path) in &cfg.joins {
-        let fd = std::fs::File::open(path).map_err(|e| format!("opening namespace {}: {e}", path.display()))?;
+        let fd = std::fs::File::open(path)
+            .map_err(|e| format!("opening namespace {}: {e}", path.display()))?;
         fds.push((*flag, OwnedFd::from(fd), path));
     }
     for (flag, fd, path) in &fds {
-        nix::sched::setns(fd, *flag).map_err(|e| format!("joining namespace {}: {e}", path.display()))?;
+        nix::sched::setns(fd, *flag)
+            .map_err(|e| format!("joining namespace {}: {e}", path.display()))?;
     }
     if cfg.creates(CloneFlags::CLONE_NEWUSER) {
-        nix::sched::unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("creating the user namespace: {e}"))?;
+        nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| format!("creating the user namespace: {e}"))?;
         chan.send(&Msg::UserNsReady).map_err(|e| e.to_string())?;
         match chan.recv() {
             Ok(Msg::MapsWritten) => {}
@@ -114,8 +117,10 @@ fn stage1_inner(cfg: &InitConfig, chan: &Channel) -> Result<(), String> {
         }
         let root_uid = nix::unistd::Uid::from_raw(0);
         let root_gid = nix::unistd::Gid::from_raw(0);
-        nix::unistd::setresgid(root_gid, root_gid, root_gid).map_err(|e| format!("setresgid(0) in the user namespace: {e}"))?;
-        nix::unistd::setresuid(root_uid, root_uid, root_uid).map_err(|e| format!("setresuid(0) in the user namespace: {e}"))?;
+        nix::unistd::setresgid(root_gid, root_gid, root_gid)
+            .map_err(|e| format!("setresgid(0) in the user namespace: {e}"))?;
+        nix::unistd::setresuid(root_uid, root_uid, root_uid)
+            .map_err(|e| format!("setresuid(0) in the user namespace: {e}"))?;
     }
     let rest = cfg.unshare - CloneFlags::CLONE_NEWUSER;
     if !rest.is_empty() {
@@ -124,9 +129,9 @@ fn stage1_inner(cfg: &InitConfig, chan: &Channel) -> Result<(), String> {
     // SAFETY: this process is single-threaded (a fork of a single-threaded parent).
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => stage2(cfg, chan),
-        Ok(nix::unistd::ForkResult::Parent { child }) => {
-            chan.send(&Msg::InitPid(child.as_raw())).map_err(|e| e.to_string())
-        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => chan
+            .send(&Msg::InitPid(child.as_raw()))
+            .map_err(|e| e.to_string()),
         Err(e) => Err(format!("forking the container init: {e}")),
     }
 }
@@ -153,8 +158,13 @@ fn stage2_inner(cfg: &InitConfig, chan: &Channel) -> Result<Never, String> {
         nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     }
     if let Some((out, err)) = &cfg.stdio {
-        let null = std::fs::File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
-        for (from, to) in [(null.as_raw_fd(), 0), (out.as_raw_fd(), 1), (err.as_raw_fd(), 2)] {
+        let null =
+            std::fs::File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
+        for (from, to) in [
+            (null.as_raw_fd(), 0),
+            (out.as_raw_fd(), 1),
+            (err.as_raw_fd(), 2),
+        ] {
             // SAFETY: dup2 onto the standard descriptors, which this process owns.
             let r = unsafe { libc::dup2(from, to) };
             nix::errno::Errno::result(r).map_err(|e| format!("dup2 stdio: {e}"))?;
@@ -171,7 +181,10 @@ fn stage2_inner(cfg: &InitConfig, chan: &Channel) -> Result<Never, String> {
             propagation: linux.rootfs_propagation().as_deref(),
             devices: &devices,
             in_user_ns: cfg.creates(CloneFlags::CLONE_NEWUSER)
-                || cfg.joins.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUSER),
+                || cfg
+                    .joins
+                    .iter()
+                    .any(|(f, _)| *f == CloneFlags::CLONE_NEWUSER),
             cgroup_ns: cfg.creates(CloneFlags::CLONE_NEWCGROUP),
             hierarchies: &cfg.hierarchies,
             cgroup_path: &cfg.cgroup_path,
@@ -184,13 +197,22 @@ fn stage2_inner(cfg: &InitConfig, chan: &Channel) -> Result<Never, String> {
             Ok(other) => return Err(format!("unexpected message {other:?}")),
             Err(e) => return Err(e.to_string()),
         }
-        if let Some(hooks) = cfg.spec.hooks().as_ref().and_then(|h| h.create_container().clone()) {
+        if let Some(hooks) = cfg
+            .spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.create_container().clone())
+        {
             let state = hook_state(cfg, "created");
             crate::hooks::run("createContainer", &hooks, &state).map_err(|e| e.to_string())?;
         }
         if let Some(fifo) = &cfg.fifo {
-            let fd = nix::fcntl::open(fifo, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-                .map_err(|e| format!("opening the start barrier {}: {e}", fifo.display()))?;
+            let fd = nix::fcntl::open(
+                fifo,
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| format!("opening the start barrier {}: {e}", fifo.display()))?;
             fifo_fd = Some(fd);
         }
         rootfs::pivot(&sys, &cfg.rootfs).map_err(|e| e.to_string())?;
@@ -204,11 +226,15 @@ fn stage2_inner(cfg: &InitConfig, chan: &Channel) -> Result<Never, String> {
         }
         for (k, v) in linux.sysctl().iter().flatten() {
             let path = Path::new("/proc/sys").join(k.replace('.', "/"));
-            std::fs::write(&path, v).map_err(|e| format!("linux.sysctl[{k:?}]: writing {}: {e}", path.display()))?;
+            std::fs::write(&path, v)
+                .map_err(|e| format!("linux.sysctl[{k:?}]: writing {}: {e}", path.display()))?;
         }
     }
     if terminal {
-        let socket = cfg.console.as_ref().ok_or("process.terminal is set but no console socket was given")?;
+        let socket = cfg
+            .console
+            .as_ref()
+            .ok_or("process.terminal is set but no console socket was given")?;
         let (rows, cols) = cfg
             .process
             .console_size()
@@ -224,7 +250,12 @@ fn stage2_inner(cfg: &InitConfig, chan: &Channel) -> Result<Never, String> {
     if cfg.kind == Kind::Create {
         let masked = linux.masked_paths().clone().unwrap_or_default();
         let readonly = linux.readonly_paths().clone().unwrap_or_default();
-        let ro_root = cfg.spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false);
+        let ro_root = cfg
+            .spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false);
         rootfs::finish(&sys, &masked, &readonly, ro_root).map_err(|e| e.to_string())?;
     }
     if let Some(adj) = cfg.process.oom_score_adj()
@@ -244,11 +275,13 @@ fn stage2_inner(cfg: &InitConfig, chan: &Channel) -> Result<Never, String> {
     // switch may drop: load it now, as runc does. The profile must then allow the
     // few calls left before execve (the default profile does).
     if !nnp && let Some(f) = &cfg.seccomp {
-        f.load().map_err(|e| format!("loading seccomp filter: {e}"))?;
+        f.load()
+            .map_err(|e| format!("loading seccomp filter: {e}"))?;
     }
     process::apply_bounding(&cfg.caps).map_err(|e| e.to_string())?;
     let in_userns_without_setgroups = false;
-    process::switch_user(cfg.process.user(), !in_userns_without_setgroups).map_err(|e| e.to_string())?;
+    process::switch_user(cfg.process.user(), !in_userns_without_setgroups)
+        .map_err(|e| e.to_string())?;
     process::apply_caps(&cfg.caps).map_err(|e| e.to_string())?;
     let cwd = cfg.process.cwd();
     nix::unistd::chdir(cwd).map_err(|e| format!("process.cwd {}: {e}", cwd.display()))?;
@@ -256,20 +289,37 @@ fn stage2_inner(cfg: &InitConfig, chan: &Channel) -> Result<Never, String> {
     let env = cfg.process.env().clone().unwrap_or_default();
     let first = args.first().ok_or("process.args is empty")?;
     let exe = process::find_executable(first, &env).map_err(|e| e.to_string())?;
-    let exe_c = std::ffi::CString::new(exe.as_os_str().as_encoded_bytes()).map_err(|_| "executable path holds NUL")?;
+    let exe_c = std::ffi::CString::new(exe.as_os_str().as_encoded_bytes())
+        .map_err(|_| "executable path holds NUL")?;
     let argv = process::cstrings(&args).map_err(|e| e.to_string())?;
     let envp = process::cstrings(&env).map_err(|e| e.to_string())?;
-    close_extra_fds(3 + cfg.preserve_fds, &[chan_fd(chan), fifo_fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1)]);
+    close_extra_fds(
+        3 + cfg.preserve_fds,
+        &[
+            chan_fd(chan),
+            fifo_fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1),
+        ],
+    );
     chan.send(&Msg::Ready).map_err(|e| e.to_string())?;
     if let Some(fd) = fifo_fd {
         // Blocks until `start` opens the other end.
         let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        let barrier = nix::fcntl::open(path.as_str(), nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-            .map_err(|e| format!("waiting at the start barrier: {e}"))?;
-        nix::unistd::write(&barrier, b"0").map_err(|e| format!("releasing the start barrier: {e}"))?;
+        let barrier = nix::fcntl::open(
+            path.as_str(),
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| format!("waiting at the start barrier: {e}"))?;
+        nix::unistd::write(&barrier, b"0")
+            .map_err(|e| format!("releasing the start barrier: {e}"))?;
         drop(barrier);
         drop(fd);
-        if let Some(hooks) = cfg.spec.hooks().as_ref().and_then(|h| h.start_container().clone()) {
+        if let Some(hooks) = cfg
+            .spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.start_container().clone())
+        {
             let state = hook_state(cfg, "running");
             if let Err(e) = crate::hooks::run("startContainer", &hooks, &state) {
                 // Past the barrier nobody reads the channel: say it on stderr and stop.
@@ -307,18 +357,21 @@ fn hook_state<'a>(cfg: &'a InitConfig, status: &'static str) -> crate::hooks::Ho
     }
 }
 
-/// Marks every descriptor from `from` up close-on-exec, except `keep`, so nothing
-/// of the runtime leaks into the container.
+/// Closes every descriptor from `from` up except `keep`. Closing (not just
+/// close-on-exec) matters: the init waits at the barrier before it execs, and a
+/// pipe end it still held would keep its creator waiting for EOF.
 fn close_extra_fds(from: i32, keep: &[RawFd]) {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
-    let fds: Vec<RawFd> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
+    let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => return,
+    };
     for fd in fds {
         if fd >= from && !keep.contains(&fd) {
-            // SAFETY: setting FD_CLOEXEC on a descriptor number touches no memory;
-            // an fd closed meanwhile just fails with EBADF.
-            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            // SAFETY: this process is about to exec and never returns to code that
+            // owns these descriptors, so no OwnedFd is closed twice.
+            unsafe { libc::close(fd) };
         }
     }
 }

@@ -111,7 +111,12 @@ impl Engine {
         if exit.is_some() || !state::is_alive(st.pid, st.pid_start) {
             return Status::Stopped;
         }
-        if self.root.container_dir(&st.id).join(state::FIFO_FILE).exists() {
+        if self
+            .root
+            .container_dir(&st.id)
+            .join(state::FIFO_FILE)
+            .exists()
+        {
             return Status::Created;
         }
         match self.cgroup_of(st).and_then(|c| Ok(c.is_frozen()?)) {
@@ -143,10 +148,17 @@ impl Engine {
         }
         let dir = self.root.container_dir(id);
         let fifo = dir.join(state::FIFO_FILE);
-        wait::release_barrier(&fifo, snap.state.pid, snap.state.pid_start)
-            .map_err(|message| EngineError::Setup { id: id.into(), message })?;
+        wait::release_barrier(&fifo, snap.state.pid, snap.state.pid_start).map_err(|message| {
+            EngineError::Setup {
+                id: id.into(),
+                message,
+            }
+        })?;
         let _ = std::fs::remove_file(&fifo);
-        let _ = state::write_atomic(&dir.join("started"), crate::crilog::format_timestamp(std::time::SystemTime::now()).as_bytes());
+        let _ = state::write_atomic(
+            &dir.join("started"),
+            crate::crilog::format_timestamp(std::time::SystemTime::now()).as_bytes(),
+        );
         let spec = self.saved_spec(id)?;
         if let Some(hooks) = spec.hooks().as_ref().and_then(|h| h.poststart().clone()) {
             let hs = hook_state(&snap.state, &spec, "running");
@@ -159,7 +171,10 @@ impl Engine {
 
     pub fn saved_spec(&self, id: &str) -> Result<oci_spec::runtime::Spec> {
         let path = self.root.container_dir(id).join(state::CONFIG_FILE);
-        let text = std::fs::read(&path).map_err(|source| StateError::Io { path: path.clone(), source })?;
+        let text = std::fs::read(&path).map_err(|source| StateError::Io {
+            path: path.clone(),
+            source,
+        })?;
         Ok(crate::bundle::parse_spec(&path, &text)?)
     }
 
@@ -176,7 +191,8 @@ impl Engine {
                 what: "container not running",
             });
         }
-        nix::sys::signal::kill(Pid::from_raw(snap.state.pid), signal).map_err(sys(format!("kill {signal} to pid {}", snap.state.pid)))
+        nix::sys::signal::kill(Pid::from_raw(snap.state.pid), signal)
+            .map_err(sys(format!("kill {signal} to pid {}", snap.state.pid)))
     }
 
     fn signal_all(&self, st: &ContainerState, signal: Signal) -> Result<()> {
@@ -213,7 +229,8 @@ impl Engine {
         }
         let cg = self.cgroup_of(&snap.state)?;
         wait_until(Duration::from_secs(10), || {
-            !state::is_alive(snap.state.pid, snap.state.pid_start) && cg.pids().map(|p| p.is_empty()).unwrap_or(true)
+            !state::is_alive(snap.state.pid, snap.state.pid_start)
+                && cg.pids().map(|p| p.is_empty()).unwrap_or(true)
         });
         cg.destroy()?;
         let spec = self.saved_spec(id).ok();
@@ -232,7 +249,11 @@ impl Engine {
     pub fn pause(&self, id: &str) -> Result<()> {
         let snap = self.state(id)?;
         if snap.status != Status::Running {
-            return Err(EngineError::WrongStatus { id: id.into(), status: snap.status, what: "only a running container can be paused" });
+            return Err(EngineError::WrongStatus {
+                id: id.into(),
+                status: snap.status,
+                what: "only a running container can be paused",
+            });
         }
         Ok(self.cgroup_of(&snap.state)?.freeze()?)
     }
@@ -240,7 +261,11 @@ impl Engine {
     pub fn resume(&self, id: &str) -> Result<()> {
         let snap = self.state(id)?;
         if snap.status != Status::Paused {
-            return Err(EngineError::WrongStatus { id: id.into(), status: snap.status, what: "only a paused container can be resumed" });
+            return Err(EngineError::WrongStatus {
+                id: id.into(),
+                status: snap.status,
+                what: "only a paused container can be resumed",
+            });
         }
         Ok(self.cgroup_of(&snap.state)?.thaw()?)
     }
@@ -261,7 +286,11 @@ impl Engine {
     }
 }
 
-fn hook_state<'a>(st: &'a ContainerState, spec: &'a oci_spec::runtime::Spec, status: &'static str) -> HookState<'a> {
+fn hook_state<'a>(
+    st: &'a ContainerState,
+    spec: &'a oci_spec::runtime::Spec,
+    status: &'static str,
+) -> HookState<'a> {
     HookState {
         oci_version: spec.version(),
         id: &st.id,

@@ -17,8 +17,12 @@ use crate::state;
 /// Opens the fifo's read end and takes the init's byte. Returns an error if the
 /// init dies instead of writing.
 pub fn release_barrier(fifo: &Path, pid: i32, start: u64) -> Result<(), String> {
-    let fd = nix::fcntl::open(fifo, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .map_err(|e| format!("opening the start barrier {}: {e}", fifo.display()))?;
+    let fd = nix::fcntl::open(
+        fifo,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("opening the start barrier {}: {e}", fifo.display()))?;
     let mut waited = Duration::ZERO;
     loop {
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
@@ -68,7 +72,8 @@ pub fn forwarded_signals() -> SigSet {
 /// SIGCHLD is lost. Children reset their mask before exec.
 pub fn block_signals() -> Result<SignalFd, String> {
     let set = forwarded_signals();
-    set.thread_block().map_err(|e| format!("blocking signals: {e}"))?;
+    set.thread_block()
+        .map_err(|e| format!("blocking signals: {e}"))?;
     SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).map_err(|e| format!("signalfd: {e}"))
 }
 
@@ -96,7 +101,9 @@ pub fn wait_forwarding(sfd: &SignalFd, pid: i32) -> Result<i32, String> {
                         return Ok(code);
                     }
                 }
-                Err(nix::errno::Errno::ECHILD) => return Err(format!("process {pid} is not our child")),
+                Err(nix::errno::Errno::ECHILD) => {
+                    return Err(format!("process {pid} is not our child"));
+                }
                 Err(e) => return Err(format!("waitpid: {e}")),
             }
         }
