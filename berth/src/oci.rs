@@ -448,7 +448,7 @@ fn run(args: Args) -> Result<i32> {
             let every = parse_duration(&interval)?;
             loop {
                 let s = engine.stats(&id)?;
-                let ev = serde_json::json!({"type": "stats", "id": id, "data": s});
+                let ev = serde_json::json!({"type": "stats", "id": id, "data": runc_stats(&s)});
                 println!("{ev}");
                 if stats {
                     break;
@@ -620,7 +620,8 @@ fn parse_duration(s: &str) -> Result<std::time::Duration> {
 }
 
 fn features() -> serde_json::Value {
-    let caps: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect();
+    let mut caps: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect();
+    caps.sort();
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.2.0",
@@ -640,5 +641,42 @@ fn features() -> serde_json::Value {
             "selinux": {"enabled": false}
         },
         "annotations": {"io.berth.monitor": "auto|always|never (global --monitor)"}
+    })
+}
+
+/// Stats in the shape of runc's `events` types (libcontainer/types), which
+/// tools parsing `runc events` expect.
+fn runc_stats(s: &berth_runtime::cgroups::CgroupStats) -> serde_json::Value {
+    let m = &s.memory;
+    serde_json::json!({
+        "cpu": {
+            "usage": {
+                "total": s.cpu.usage_total_ns,
+                "kernel": s.cpu.usage_system_ns,
+                "user": s.cpu.usage_user_ns,
+            },
+            "throttling": {
+                "periods": s.cpu.throttling.periods,
+                "throttledPeriods": s.cpu.throttling.throttled_periods,
+                "throttledTime": s.cpu.throttling.throttled_time_ns,
+            },
+        },
+        "memory": {
+            "cache": m.cache_bytes,
+            "usage": {"limit": m.limit_bytes.unwrap_or(u64::MAX), "usage": m.usage_bytes, "max": m.max_usage_bytes, "failcnt": 0},
+            "swap": {"limit": m.swap_limit_bytes.unwrap_or(u64::MAX), "usage": m.swap_usage_bytes, "failcnt": 0},
+            "raw": {"rss": m.rss_bytes, "working_set": m.working_set_bytes, "oom_kill": m.oom_kills},
+        },
+        "pids": {"current": s.pids.current, "limit": s.pids.limit.unwrap_or(0)},
+        "blkio": {
+            "ioServiceBytesRecursive": [
+                {"op": "Read", "value": s.blkio.read_bytes},
+                {"op": "Write", "value": s.blkio.write_bytes},
+            ],
+            "ioServicedRecursive": [
+                {"op": "Read", "value": s.blkio.read_ops},
+                {"op": "Write", "value": s.blkio.write_ops},
+            ],
+        },
     })
 }

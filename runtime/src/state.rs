@@ -181,10 +181,18 @@ impl Root {
 
     pub fn remove(&self, id: &str) -> Result<(), StateError> {
         let dir = self.container_dir(id);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&dir)(e)),
+        let mut tries = 0;
+        loop {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                // The monitor may be writing exit.json at this moment.
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(io(&dir)(e)),
+            }
         }
     }
 }

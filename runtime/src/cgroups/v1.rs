@@ -90,6 +90,9 @@ impl Dir {
 pub(crate) struct V1Cgroup {
     mount_root: PathBuf,
     dirs: Vec<Dir>,
+    /// On a hybrid host, the container's dir in the cgroup2 hierarchy too (as
+    /// runc does), so tools that read the unified tree see it as a container.
+    unified: Option<PathBuf>,
 }
 
 impl V1Cgroup {
@@ -125,9 +128,14 @@ impl V1Cgroup {
                 reason: "no cgroup v1 controller is mounted below it".to_string(),
             });
         }
+        let unified = mounts
+            .iter()
+            .find(|m| m.is_v2() && m.mount_point.parent() == Some(mount_root))
+            .map(|m| m.mount_point.join(parent).join(relative));
         Ok(Self {
             mount_root: mount_root.to_path_buf(),
             dirs,
+            unified,
         })
     }
 
@@ -586,6 +594,9 @@ impl Cgroup for V1Cgroup {
                 Self::ensure_cpuset(d)?;
             }
         }
+        if let Some(u) = &self.unified {
+            fsutil::mkdir_p(u)?;
+        }
         Ok(())
     }
 
@@ -627,7 +638,11 @@ impl Cgroup for V1Cgroup {
     fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
         self.dirs
             .iter()
-            .try_for_each(|d| fsutil::add_pid(&d.leaf, pid))
+            .try_for_each(|d| fsutil::add_pid(&d.leaf, pid))?;
+        match &self.unified {
+            Some(u) => fsutil::add_pid(u, pid),
+            None => Ok(()),
+        }
     }
 
     fn pids(&self) -> Result<Vec<i32>, CgroupError> {
@@ -679,8 +694,8 @@ impl Cgroup for V1Cgroup {
     fn destroy(&self) -> Result<(), CgroupError> {
         // Try every hierarchy even when one fails; report the first error.
         let mut first = None;
-        for d in &self.dirs {
-            if let Err(e) = fsutil::remove_tree(&d.leaf) {
+        for leaf in self.paths() {
+            if let Err(e) = fsutil::remove_tree(&leaf) {
                 first.get_or_insert(e);
             }
         }
@@ -688,6 +703,10 @@ impl Cgroup for V1Cgroup {
     }
 
     fn paths(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|d| d.leaf.clone()).collect()
+        self.dirs
+            .iter()
+            .map(|d| d.leaf.clone())
+            .chain(self.unified.clone())
+            .collect()
     }
 }

@@ -138,8 +138,16 @@ impl Engine {
         );
         cg.apply(&resources)?;
         let fifo = dir.join(state::FIFO_FILE);
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o200))
             .map_err(sys(format!("mkfifo {}", fifo.display())))?;
+        // The init opens the barrier after it switched to the container's user.
+        let (uid, gid) = host_ids(&linux, process.user().uid(), process.user().gid());
+        nix::unistd::chown(
+            &fifo,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .map_err(sys(format!("chown {}", fifo.display())))?;
         let console = match &o.console_socket {
             Some(p) => Some(connect_console(p)?),
             None => None,
@@ -464,6 +472,9 @@ pub(super) fn spawn(
                 Ok(Msg::InitPid(p)) => {
                     init_pid = Some(p);
                     let _ = nix::sys::wait::waitpid(stage1, None);
+                    // The init speaks only after this, so its messages cannot
+                    // overtake stage 1's on the shared socket.
+                    parent.send(&Msg::Go).map_err(|e| e.to_string())?;
                 }
                 Ok(Msg::RunHooks) => {
                     let pid = init_pid.ok_or("hooks requested before the init existed")?;
@@ -556,4 +567,20 @@ fn with_default_devices(
     }
     r.set_devices(Some(rules));
     r
+}
+
+/// The host uid and gid that a container uid and gid map to (identity without a user namespace).
+fn host_ids(linux: &oci_spec::runtime::Linux, uid: u32, gid: u32) -> (u32, u32) {
+    let map = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>, id: u32| {
+        for m in maps.iter().flatten() {
+            if id >= m.container_id() && id - m.container_id() < m.size() {
+                return m.host_id() + (id - m.container_id());
+            }
+        }
+        id
+    };
+    (
+        map(linux.uid_mappings(), uid),
+        map(linux.gid_mappings(), gid),
+    )
 }

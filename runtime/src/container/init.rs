@@ -151,6 +151,11 @@ fn warn(chan: &Channel, w: String) {
 }
 
 fn stage2_inner(cfg: &InitConfig, chan: &Channel) -> Result<Never, String> {
+    match chan.recv() {
+        Ok(Msg::Go) => {}
+        Ok(other) => return Err(format!("unexpected message {other:?}")),
+        Err(e) => return Err(format!("waiting for the creator: {e}")),
+    }
     super::wait::reset_signals();
     let sys = Linux;
     let terminal = cfg.process.terminal().unwrap_or(false);

@@ -74,7 +74,8 @@ pub fn block_signals() -> Result<SignalFd, String> {
     let set = forwarded_signals();
     set.thread_block()
         .map_err(|e| format!("blocking signals: {e}"))?;
-    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).map_err(|e| format!("signalfd: {e}"))
+    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| format!("signalfd: {e}"))
 }
 
 /// Exit code of a wait status: the code, or 128 + signal.
@@ -106,6 +107,11 @@ pub fn wait_forwarding(sfd: &SignalFd, pid: i32) -> Result<i32, String> {
                 }
                 Err(e) => return Err(format!("waitpid: {e}")),
             }
+        }
+        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("poll: {e}")),
         }
         match sfd.read_signal() {
             Ok(Some(info)) => {
