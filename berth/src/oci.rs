@@ -482,7 +482,7 @@ fn run(args: Args) -> Result<i32> {
                 None => Default::default(),
             };
             if let Some(m) = memory {
-                let mut mem = r.memory().clone().unwrap_or_default();
+                let mut mem = r.memory().unwrap_or_default();
                 mem.set_limit(Some(m));
                 r.set_memory(Some(mem));
             }

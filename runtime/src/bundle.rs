@@ -379,7 +379,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_fields() {
-        let cases: Vec<(fn(&mut serde_json::Value), &str)> = vec![
+        type Edit = fn(&mut serde_json::Value);
+        let cases: Vec<(Edit, &str)> = vec![
             (
                 |v| v["process"]["args"] = serde_json::json!([]),
                 "process.args",

@@ -196,53 +196,82 @@ pub fn resolve_in_root(root: &impl AsFd, path: &Path, create: Create) -> Result<
         Err(Errno::ENOENT) if create != Create::Nothing => {}
         Err(e) => return Err(err(e)),
     }
-    let parts: Vec<_> = rel.components().collect();
-    let mut prefix = PathBuf::new();
-    for (i, part) in parts.iter().enumerate() {
-        let parent = nix::fcntl::openat2(
-            root,
-            if prefix.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                &prefix
-            },
-            open_how(OFlag::O_PATH | OFlag::O_DIRECTORY),
-        )
-        .map_err(|e| match e {
-            Errno::ENOTDIR | Errno::ENOENT => RootfsError::NotADirectory {
-                path: prefix.clone(),
-            },
-            e => err(e),
-        })?;
-        prefix.push(part);
-        match nix::fcntl::openat2(root, &prefix, open_how(OFlag::O_PATH)) {
-            Ok(_) => continue,
-            Err(Errno::ENOENT) => {}
-            Err(e) => return Err(err(e)),
-        }
-        let Component::Normal(name) = part else {
-            return Err(RootfsError::NotADirectory { path: prefix });
-        };
-        let last = i + 1 == parts.len();
-        let made = if last && create == Create::File {
-            nix::fcntl::openat(
-                &parent,
-                *name,
-                OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-                Mode::from_bits_truncate(0o644),
+    let mut target = rel;
+    let mut links = 0;
+    'walk: loop {
+        let parts: Vec<std::ffi::OsString> = target.iter().map(|c| c.to_owned()).collect();
+        let mut prefix = PathBuf::new();
+        for (i, part) in parts.iter().enumerate() {
+            let parent = nix::fcntl::openat2(
+                root,
+                if prefix.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    &prefix
+                },
+                open_how(OFlag::O_PATH | OFlag::O_DIRECTORY),
             )
-            .map(drop)
-        } else {
-            nix::sys::stat::mkdirat(&parent, *name, Mode::from_bits_truncate(0o755))
-        };
-        match made {
-            Ok(()) => {}
-            // Exists but did not resolve: a symlink pointing at nothing.
-            Err(Errno::EEXIST) => return Err(RootfsError::NotADirectory { path: prefix }),
-            Err(e) => return Err(err(e)),
+            .map_err(|e| match e {
+                Errno::ENOTDIR | Errno::ENOENT => RootfsError::NotADirectory {
+                    path: prefix.clone(),
+                },
+                e => err(e),
+            })?;
+            let parent_path = prefix.clone();
+            prefix.push(part);
+            match nix::fcntl::openat2(root, &prefix, open_how(OFlag::O_PATH)) {
+                Ok(_) => continue,
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(err(e)),
+            }
+            if part == ".." || part == "." {
+                return Err(RootfsError::NotADirectory { path: prefix });
+            }
+            let last = i + 1 == parts.len();
+            let made = if last && create == Create::File {
+                nix::fcntl::openat(
+                    &parent,
+                    part.as_os_str(),
+                    OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+                    Mode::from_bits_truncate(0o644),
+                )
+                .map(drop)
+            } else {
+                nix::sys::stat::mkdirat(&parent, part.as_os_str(), Mode::from_bits_truncate(0o755))
+            };
+            match made {
+                Ok(()) => {}
+                // It exists but did not resolve: a symlink to something missing.
+                // Create its target instead; resolving it again with
+                // RESOLVE_IN_ROOT keeps it inside the rootfs.
+                Err(Errno::EEXIST) => {
+                    links += 1;
+                    if links > 40 {
+                        return Err(err(Errno::ELOOP));
+                    }
+                    let link = nix::fcntl::readlinkat(&parent, part.as_os_str()).map_err(|_| {
+                        RootfsError::NotADirectory {
+                            path: prefix.clone(),
+                        }
+                    })?;
+                    let link = PathBuf::from(link);
+                    let mut next = if link.is_absolute() {
+                        relative(&link)
+                    } else {
+                        parent_path.join(link)
+                    };
+                    for rest in &parts[i + 1..] {
+                        next.push(rest);
+                    }
+                    target = next;
+                    continue 'walk;
+                }
+                Err(e) => return Err(err(e)),
+            }
         }
+        break;
     }
-    let fd = nix::fcntl::openat2(root, &rel, open_how(OFlag::O_PATH)).map_err(err)?;
+    let fd = nix::fcntl::openat2(root, &target, open_how(OFlag::O_PATH)).map_err(err)?;
     Ok(fd_path(fd))
 }
 
@@ -896,12 +925,18 @@ mod tests {
     }
 
     #[test]
-    fn resolve_refuses_dangling_symlink_parent() {
+    fn resolve_creates_the_target_of_a_dangling_symlink_inside_root() {
         let t = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink("/nonexistent-target", t.path().join("dangling")).unwrap();
-        let root = root_of(t.path());
-        let e = resolve_in_root(&root, Path::new("/dangling/x"), Create::Dir).unwrap_err();
-        assert!(e.to_string().contains("dangling"), "{e}");
+        let rootfs = t.path().join("rootfs");
+        std::fs::create_dir(&rootfs).unwrap();
+        std::os::unix::fs::symlink("/nonexistent-target", rootfs.join("dangling")).unwrap();
+        std::os::unix::fs::symlink("loop", rootfs.join("loop")).unwrap();
+        let root = root_of(&rootfs);
+        resolve_in_root(&root, Path::new("/dangling/x"), Create::Dir).unwrap();
+        assert!(rootfs.join("nonexistent-target/x").is_dir());
+        assert!(!Path::new("/nonexistent-target").exists());
+        let e = resolve_in_root(&root, Path::new("/loop/x"), Create::Dir).unwrap_err();
+        assert!(e.to_string().contains("symbolic links"), "{e}");
     }
 
     #[test]
@@ -934,18 +969,23 @@ mod tests {
         let calls = rec.take();
         let text = calls.join("\n");
         assert!(
-            calls[0].starts_with("mount - / - MS_REC | MS_SLAVE"),
+            calls[0].starts_with("mount - / - MsFlags(MS_REC | MS_SLAVE)"),
             "{text}"
         );
         assert!(calls[1].contains("MS_BIND | MS_REC"), "{text}");
         assert!(text.contains(" proc MsFlags(0x0) -"), "{text}");
         assert!(
-            text.contains("tmpfs MS_NOSUID | MS_STRICTATIME mode=755,size=65536k"),
+            text.contains("tmpfs MsFlags(MS_NOSUID | MS_STRICTATIME) mode=755,size=65536k"),
             "{text}"
         );
         // sysfs refused (host netns): fall back to a read-only bind of the host's /sys.
         assert!(text.contains("mount /sys "), "{text}");
-        assert!(text.contains("MS_RDONLY | MS_REMOUNT | MS_BIND"), "{text}");
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.contains("MS_RDONLY") && c.contains("MS_REMOUNT | MS_BIND")),
+            "{text}"
+        );
         assert!(text.contains("mknod") && text.contains("1:3"), "{text}");
         assert!(text.contains("symlink /proc/self/fd "), "{text}");
         assert!(rootfs.join("data").is_dir() && rootfs.join("dev").is_dir());

@@ -283,6 +283,10 @@ fn v1_uses_only_real_controllers_and_destroy_leaves_nothing() {
             .iter()
             .find(|m| m.mount_point == mount)
             .unwrap_or_else(|| panic!("{} is not a mount", mount.display()));
+        // A hybrid host's unified hierarchy holds the container too, as with runc.
+        if entry.is_v2() {
+            continue;
+        }
         assert!(entry.is_v1(), "{}", mount.display());
         assert!(
             v1::Ctl::ALL.iter().any(|c| entry.has_option(c.name())),
@@ -298,9 +302,12 @@ fn v1_uses_only_real_controllers_and_destroy_leaves_nothing() {
             let _ = leaf(cg.as_ref(), name);
         }
     }
-    assert!(!cg.paths().iter().any(
-        |p| p.starts_with("/sys/fs/cgroup/systemd") || p.starts_with("/sys/fs/cgroup/unified")
-    ));
+    // Never the named systemd hierarchy; the unified one only on a hybrid host.
+    assert!(
+        !cg.paths()
+            .iter()
+            .any(|p| p.starts_with("/sys/fs/cgroup/systemd"))
+    );
 
     cg.create().expect("create");
     cg.create().expect("create is idempotent");

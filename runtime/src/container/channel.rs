@@ -74,6 +74,12 @@ impl Channel {
     }
 }
 
+impl Channel {
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,11 +93,5 @@ mod tests {
         assert_eq!(b.recv().unwrap(), Msg::Warn("w".into()));
         drop(a);
         assert_eq!(b.recv().unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
-    }
-}
-
-impl Channel {
-    pub fn raw_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.fd)
     }
 }

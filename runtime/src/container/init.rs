@@ -334,12 +334,13 @@ fn stage2_inner(cfg: &InitConfig, chan: &Channel) -> Result<Never, String> {
             }
         }
     }
-    if nnp && let Some(f) = &cfg.seccomp {
-        if let Err(e) = f.load() {
-            eprintln!("berth: loading seccomp filter: {e}");
-            // SAFETY: as above.
-            unsafe { libc::_exit(127) }
-        }
+    if nnp
+        && let Some(f) = &cfg.seccomp
+        && let Err(e) = f.load()
+    {
+        eprintln!("berth: loading seccomp filter: {e}");
+        // SAFETY: ends the init without running destructors of the parent's state.
+        unsafe { libc::_exit(127) }
     }
     let e = nix::unistd::execve(&exe_c, &argv, &envp).unwrap_err();
     eprintln!("berth: exec {}: {e}", exe.display());
