@@ -122,6 +122,7 @@ impl Engine {
             &o.id,
         )?;
         let cg = cgroups::open(&self.cgroups, &rel)?;
+        tracing::debug!(id = %o.id, "bundle loaded");
         cg.create()?;
         undo.cgroup = Some(cg);
         let cg = undo
@@ -137,6 +138,7 @@ impl Engine {
             linux.devices().as_deref().unwrap_or_default(),
         );
         cg.apply(&resources)?;
+        tracing::debug!(id = %o.id, "cgroup ready");
         let fifo = dir.join(state::FIFO_FILE);
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o200))
             .map_err(sys(format!("mkfifo {}", fifo.display())))?;
@@ -238,6 +240,7 @@ impl Engine {
         })?;
         record.pid = pid;
         record.pid_start = state::proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
+        tracing::debug!(container = %cfg.id, pid, "init waits at the barrier");
         state::write_json(&dir.join(state::STATE_FILE), &record)?;
         Ok(record)
     }
@@ -387,6 +390,7 @@ impl Engine {
                 unsafe { libc::dup2(null.as_raw_fd(), fd) };
             }
         }
+        crate::monitor::shed_clean_mappings();
         crate::monitor::run(crate::monitor::Monitor {
             init_pid: st.pid,
             state_dir: dir.to_owned(),
@@ -462,6 +466,7 @@ pub(super) fn spawn(
     let mut init_pid: Option<i32> = None;
     let result = (|| {
         cg.add_process(stage1.as_raw()).map_err(|e| e.to_string())?;
+        tracing::debug!(container = %cfg.id, "stage 1 in the cgroup");
         parent.send(&Msg::Go).map_err(|e| e.to_string())?;
         loop {
             match parent.recv() {
@@ -477,6 +482,7 @@ pub(super) fn spawn(
                     parent.send(&Msg::Go).map_err(|e| e.to_string())?;
                 }
                 Ok(Msg::RunHooks) => {
+                    tracing::debug!(container = %cfg.id, "mounts done");
                     let pid = init_pid.ok_or("hooks requested before the init existed")?;
                     match on_hooks(pid) {
                         Ok(()) => parent.send(&Msg::HooksDone).map_err(|e| e.to_string())?,

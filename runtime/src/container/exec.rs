@@ -143,6 +143,7 @@ impl Engine {
             ..o.clone()
         };
         let st = self.create(&opts)?;
+        tracing::debug!(id = %o.id, "created");
         if let Err(e) = self.start(&o.id) {
             let _ = self.delete(&o.id, true);
             return Err(e);
@@ -152,7 +153,9 @@ impl Engine {
                 id: o.id.clone(),
                 message,
             });
+        tracing::debug!(id = %o.id, "exited");
         self.delete(&o.id, true)?;
+        tracing::debug!(id = %o.id, "deleted");
         code
     }
 }
