@@ -250,6 +250,7 @@ pub fn main(args: Args) -> i32 {
         LogFormat::Json => crate::log::Format::Json,
     };
     crate::log::init(args.log.as_deref(), format, args.debug);
+    tracing::debug!("berth-oci started");
     match run(args) {
         Ok(code) => code,
         Err(e) => {

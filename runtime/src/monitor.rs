@@ -121,7 +121,8 @@ pub fn run(mut m: Monitor) {
         return;
     };
     let (exit_code, signal) = crate::container::init_exit_code(status);
-    let started_at = std::fs::read_to_string(m.state_dir.join("started")).unwrap_or_default();
+    let started_at =
+        std::fs::read_to_string(m.state_dir.join(state::STARTED_FILE)).unwrap_or_default();
     let record = ExitRecord {
         exit_code,
         signal,

@@ -35,8 +35,11 @@ pub enum ProcessError {
 
 type Result<T> = std::result::Result<T, ProcessError>;
 
-fn to_caps(set: Option<&Capabilities>, unknown: &mut Vec<String>) -> HashSet<Cap> {
-    let supported = caps::runtime::thread_all_supported();
+fn to_caps(
+    set: Option<&Capabilities>,
+    supported: &HashSet<Cap>,
+    unknown: &mut Vec<String>,
+) -> HashSet<Cap> {
     let mut out = HashSet::new();
     for c in set.into_iter().flatten() {
         let name = format!("CAP_{c}");
@@ -68,12 +71,14 @@ impl CapSets {
         let Some(c) = c else {
             return CapSets::default();
         };
+        // Probing the kernel costs a prctl per capability: do it once.
+        let sup = caps::runtime::thread_all_supported();
         let s = CapSets {
-            bounding: to_caps(c.bounding().as_ref(), &mut unknown),
-            effective: to_caps(c.effective().as_ref(), &mut unknown),
-            permitted: to_caps(c.permitted().as_ref(), &mut unknown),
-            inheritable: to_caps(c.inheritable().as_ref(), &mut unknown),
-            ambient: to_caps(c.ambient().as_ref(), &mut unknown),
+            bounding: to_caps(c.bounding().as_ref(), &sup, &mut unknown),
+            effective: to_caps(c.effective().as_ref(), &sup, &mut unknown),
+            permitted: to_caps(c.permitted().as_ref(), &sup, &mut unknown),
+            inheritable: to_caps(c.inheritable().as_ref(), &sup, &mut unknown),
+            ambient: to_caps(c.ambient().as_ref(), &sup, &mut unknown),
             unknown: Vec::new(),
         };
         unknown.sort();

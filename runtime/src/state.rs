@@ -1,9 +1,10 @@
 //! On-disk state of each container, the only memory berth keeps between commands.
 //!
 //! `<root>/<id>/` holds `state.json` (written once the init is waiting at the
-//! barrier), `config.json` (a copy of the spec, so exec and hooks do not depend on
-//! the bundle staying put), `exec.fifo` (the start barrier, present until start)
-//! and `exit.json` (written by the monitor when the init exits). Each file is
+//! barrier, with a copy of the spec so exec and hooks do not depend on the
+//! bundle staying put), `exec.fifo` (the start barrier, present until start),
+//! `started` (when a monitor will want the start time) and `exit.json`
+//! (written by the monitor when the init exits). Each file is
 //! written to a temporary name and renamed, so a `kill -9` at any moment leaves
 //! either the old or the new content.
 
@@ -40,7 +41,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
 }
 
 pub const STATE_FILE: &str = "state.json";
-pub const CONFIG_FILE: &str = "config.json";
+pub const STARTED_FILE: &str = "started";
 pub const EXIT_FILE: &str = "exit.json";
 pub const FIFO_FILE: &str = "exec.fifo";
 
@@ -71,6 +72,8 @@ pub struct ContainerState {
     /// Namespaces the container created, as /proc paths are gone once it exits.
     #[serde(default)]
     pub new_pid_namespace: bool,
+    #[serde(default)]
+    pub spec: Option<oci_spec::runtime::Spec>,
 }
 
 /// How the init ended, as recorded by the monitor.

@@ -135,6 +135,10 @@ fn main() -> Result<()> {
         .cgroups_path(&format!("/berth-bench-{}", std::process::id()));
     spec.write(&bundle.join("config.json"))?;
 
+    // State roots on tmpfs under /run, where both runtimes keep them by
+    // default (/run/runc, /run/berth-oci): on a disk filesystem, inode
+    // allocation for the state files would dominate what is measured.
+    let state = RunDir::new()?;
     let link_dir = work.path().join("bin");
     std::fs::create_dir(&link_dir)?;
     let berth_exec = if args.berth.to_string_lossy().contains("runc") {
@@ -148,14 +152,14 @@ fn main() -> Result<()> {
         Tool {
             name: "berth-oci",
             exec: berth_exec,
-            root: work.path().join("root-berth"),
+            root: state.0.join("root-berth"),
             wall: Vec::new(),
             rss_kib: Vec::new(),
         },
         Tool {
             name: "runc",
             exec: args.runc.clone(),
-            root: work.path().join("root-runc"),
+            root: state.0.join("root-runc"),
             wall: Vec::new(),
             rss_kib: Vec::new(),
         },
@@ -290,4 +294,21 @@ fn monitor_rss(exec: &Path, work: &Path, bundle_dir: &Path, m: usize) -> Result<
         rss.iter().max().unwrap_or(&0)
     );
     Ok(())
+}
+
+/// A scratch directory under /run (tmpfs), removed on drop.
+struct RunDir(PathBuf);
+
+impl RunDir {
+    fn new() -> Result<RunDir> {
+        let p = PathBuf::from(format!("/run/berth-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&p)?;
+        Ok(RunDir(p))
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

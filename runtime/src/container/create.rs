@@ -83,6 +83,7 @@ impl Engine {
     pub fn create(&self, o: &CreateOptions) -> Result<ContainerState> {
         crate::id::validate(&o.id)?;
         let bundle = Bundle::load(&o.bundle)?;
+        tracing::debug!(id = %o.id, "config parsed");
         let process = bundle.spec.process().clone().ok_or_else(|| {
             EngineError::Bundle(crate::bundle::BundleError::Invalid {
                 field: "process".into(),
@@ -113,9 +114,6 @@ impl Engine {
             cgroup: None,
             armed: true,
         };
-        let config_text = serde_json::to_vec(&bundle.spec)
-            .map_err(|e| io("encoding config")(std::io::Error::other(e)))?;
-        state::write_atomic(&dir.join(state::CONFIG_FILE), &config_text)?;
 
         let rel = cgroups::resolve_path(
             linux.cgroups_path().as_ref().and_then(|p| p.to_str()),
@@ -210,6 +208,7 @@ impl Engine {
             owner: String::new(),
             annotations: bundle.spec.annotations().clone().unwrap_or_default(),
             new_pid_namespace: new_pid,
+            spec: Some(bundle.spec.clone()),
         };
         let st = match o.monitor {
             MonitorMode::Never => {

@@ -155,11 +155,14 @@ impl Engine {
             }
         })?;
         let _ = std::fs::remove_file(&fifo);
-        let _ = state::write_atomic(
-            &dir.join("started"),
-            crate::crilog::format_timestamp(std::time::SystemTime::now()).as_bytes(),
-        );
-        let spec = self.saved_spec(id)?;
+        if snap.state.monitor_pid.is_some() {
+            // For the monitor's exit record; nobody else needs it.
+            let _ = state::write_atomic(
+                &dir.join(state::STARTED_FILE),
+                crate::crilog::format_timestamp(std::time::SystemTime::now()).as_bytes(),
+            );
+        }
+        let spec = snap.state.spec.clone().unwrap_or_default();
         if let Some(hooks) = spec.hooks().as_ref().and_then(|h| h.poststart().clone()) {
             let hs = hook_state(&snap.state, &spec, "running");
             if let Err(e) = crate::hooks::run("poststart", &hooks, &hs) {
@@ -169,13 +172,14 @@ impl Engine {
         Ok(())
     }
 
+    /// The spec the container was created from (kept in its state, so that exec
+    /// and hooks do not depend on the bundle staying put).
     pub fn saved_spec(&self, id: &str) -> Result<oci_spec::runtime::Spec> {
-        let path = self.root.container_dir(id).join(state::CONFIG_FILE);
-        let text = std::fs::read(&path).map_err(|source| StateError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(crate::bundle::parse_spec(&path, &text)?)
+        let st = self.root.load(id)?;
+        st.spec.ok_or_else(|| EngineError::Setup {
+            id: id.into(),
+            message: "state.json holds no spec".into(),
+        })
     }
 
     /// Sends `signal` to the init, or with `all` to every process of the container.
@@ -233,7 +237,7 @@ impl Engine {
                 && cg.pids().map(|p| p.is_empty()).unwrap_or(true)
         });
         cg.destroy()?;
-        let spec = self.saved_spec(id).ok();
+        let spec = snap.state.spec.clone();
         self.root.remove(id)?;
         if let Some(spec) = spec
             && let Some(hooks) = spec.hooks().as_ref().and_then(|h| h.poststop().clone())
