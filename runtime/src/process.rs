@@ -171,9 +171,10 @@ pub fn switch_user(user: &User, setgroups_allowed: bool) -> Result<()> {
         id: "0".into(),
         source,
     })?;
-    if let Some(mask) = user.umask() {
-        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask & 0o777));
-    }
+    // The init ran with umask 0 so that device nodes and mount points got the
+    // exact modes asked for; the process gets the spec's umask or the usual 022.
+    let mask = user.umask().unwrap_or(0o022);
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask & 0o777));
     Ok(())
 }
 

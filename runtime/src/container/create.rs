@@ -131,10 +131,7 @@ impl Engine {
                 id: o.id.clone(),
                 message: "cgroup".into(),
             })?;
-        let resources = with_default_devices(
-            linux.resources().clone().unwrap_or_default(),
-            linux.devices().as_deref().unwrap_or_default(),
-        );
+        let resources = with_default_devices(linux.resources().clone().unwrap_or_default());
         cg.apply(&resources)?;
         tracing::debug!(id = %o.id, "cgroup ready");
         let fifo = dir.join(state::FIFO_FILE);
@@ -532,11 +529,11 @@ fn write_id_maps(cfg: &InitConfig, pid: i32) -> std::result::Result<(), String> 
 }
 
 /// The device rules every container gets on top of the spec's, as runc adds them:
-/// mknod of anything, and use of the default nodes, ptys and the spec's devices.
+/// mknod of anything, and use of the default nodes and ptys. The spec's own
+/// devices are not allowed implicitly: its rules decide, as with runc.
 /// The cgroup starts from deny-all, so without these even /dev/null is refused.
 fn with_default_devices(
     mut r: oci_spec::runtime::LinuxResources,
-    devices: &[oci_spec::runtime::LinuxDevice],
 ) -> oci_spec::runtime::LinuxResources {
     use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
     let rule = |typ: LinuxDeviceType, major: Option<i64>, minor: Option<i64>, access: &str| {
@@ -562,14 +559,6 @@ fn with_default_devices(
     rules.push(rule(LinuxDeviceType::C, Some(5), Some(1), "rwm")); // /dev/console
     rules.push(rule(LinuxDeviceType::C, Some(5), Some(2), "rwm")); // /dev/ptmx
     rules.push(rule(LinuxDeviceType::C, Some(136), None, "rwm")); // /dev/pts/*
-    for d in devices {
-        let typ = match d.typ() {
-            LinuxDeviceType::B => LinuxDeviceType::B,
-            LinuxDeviceType::P => continue,
-            _ => LinuxDeviceType::C,
-        };
-        rules.push(rule(typ, Some(d.major()), Some(d.minor()), "rwm"));
-    }
     r.set_devices(Some(rules));
     r
 }

@@ -157,6 +157,7 @@ fn stage2_inner(cfg: &InitConfig, chan: &Channel) -> Result<Never, String> {
         Err(e) => return Err(format!("waiting for the creator: {e}")),
     }
     super::wait::reset_signals();
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let sys = Linux;
     let terminal = cfg.process.terminal().unwrap_or(false);
     if cfg.kind == Kind::Create || terminal {
