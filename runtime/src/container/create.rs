@@ -303,10 +303,7 @@ impl Engine {
                     .map_err(io("reading the monitor's report"))?;
                 match serde_json::from_slice::<std::result::Result<ContainerState, String>>(&buf) {
                     Ok(Ok(st)) => Ok(st),
-                    Ok(Err(message)) => Err(EngineError::Setup {
-                        id: record.id,
-                        message,
-                    }),
+                    Ok(Err(message)) => Err(EngineError::Reported(message)),
                     Err(_) => Err(EngineError::Setup {
                         id: record.id,
                         message: "the monitor exited without a report".into(),

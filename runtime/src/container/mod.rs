@@ -40,6 +40,9 @@ pub enum EngineError {
     Hook(#[from] HookError),
     #[error("container {id:?}: {message}")]
     Setup { id: String, message: String },
+    /// An error the monitor process met, already formatted.
+    #[error("{0}")]
+    Reported(String),
     #[error("container {id:?} is {status}; {what}")]
     WrongStatus {
         id: String,
