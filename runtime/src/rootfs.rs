@@ -693,6 +693,7 @@ fn mount_cgroups(
     // v1 (or hybrid): a tmpfs holding one mount per hierarchy, named as on the host.
     let own_cgroups =
         parse_proc_cgroup(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
+    let mut binds = Vec::new();
     let target = resolve_in_root(root, dest, Create::Dir)?;
     sys.mount(
         Some(Path::new("tmpfs")),
@@ -726,24 +727,36 @@ fn mount_cgroups(
                 .unwrap_or_else(|| Path::new("/").join(&rel));
             let inside = path.strip_prefix(&h.root).unwrap_or(&path);
             let host = h.mount_point.join(relative(inside));
+            binds.push(sub.clone());
             sys.mount(Some(&host), &t.path, None, MsFlags::MS_BIND, None)
-                .and_then(|()| {
-                    // The fd names the covered directory; the remount needs the new mount on top.
-                    let on_top =
-                        resolve_in_root(root, &sub, Create::Nothing).map_err(|_| Errno::ENOENT)?;
-                    sys.mount(
-                        None,
-                        &on_top.path,
-                        None,
-                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
-                        None,
-                    )
-                })
         };
         result.map_err(mount_err(
             format!("mounting cgroup hierarchy {}", h.options),
             &sub,
         ))?;
+    }
+    if !plan.cgroup_ns {
+        // One recursive mount_setattr gives the tmpfs and every bind its flags;
+        // kernels without it get one remount per mount.
+        let on_top = resolve_in_root(root, dest, Create::Nothing)?;
+        match sys.mount_setattr(&on_top.path, true, flags) {
+            Ok(()) => return Ok(()),
+            Err(Errno::ENOSYS) => {}
+            Err(e) => return Err(mount_err("setting cgroup mount flags", dest)(e)),
+        }
+        for sub in &binds {
+            // The fd of the mount point names the covered directory; resolve again
+            // to reach the mount on top.
+            let on_top = resolve_in_root(root, sub, Create::Nothing)?;
+            sys.mount(
+                None,
+                &on_top.path,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+                None,
+            )
+            .map_err(mount_err("remounting cgroup bind", sub))?;
+        }
     }
     // The host's cpu,cpuacct style symlinks are not recreated; tools look up controllers by mountinfo.
     if flags.contains(MsFlags::MS_RDONLY) {

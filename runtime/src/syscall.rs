@@ -26,6 +26,25 @@ pub trait Syscall {
     /// Makes `new_root` the root of the calling process's mount namespace and
     /// detaches the old root.
     fn pivot_root(&self, new_root: &Path) -> nix::Result<()>;
+    /// Sets read-only/nosuid/nodev/noexec (from `flags`) on the mount at `path`,
+    /// and with `recursive` on every mount below it, in one call.
+    fn mount_setattr(&self, path: &Path, recursive: bool, flags: MsFlags) -> nix::Result<()>;
+}
+
+/// MOUNT_ATTR_* bits of mount_setattr(2) for the MS_* flags it covers.
+pub fn mount_attrs(flags: MsFlags) -> u64 {
+    let mut attr = 0u64;
+    for (ms, bit) in [
+        (MsFlags::MS_RDONLY, 0x1),
+        (MsFlags::MS_NOSUID, 0x2),
+        (MsFlags::MS_NODEV, 0x4),
+        (MsFlags::MS_NOEXEC, 0x8),
+    ] {
+        if flags.contains(ms) {
+            attr |= bit;
+        }
+    }
+    attr
 }
 
 /// The real kernel.
@@ -62,6 +81,38 @@ impl Syscall for Linux {
 
     fn symlink(&self, target: &Path, link: &Path) -> nix::Result<()> {
         nix::unistd::symlinkat(target, nix::fcntl::AT_FDCWD, link)
+    }
+
+    fn mount_setattr(&self, path: &Path, recursive: bool, flags: MsFlags) -> nix::Result<()> {
+        #[repr(C)]
+        struct MountAttr {
+            attr_set: u64,
+            attr_clr: u64,
+            propagation: u64,
+            userns_fd: u64,
+        }
+        let attr = MountAttr {
+            attr_set: mount_attrs(flags),
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| nix::Error::EINVAL)?;
+        let at = if recursive { libc::AT_RECURSIVE } else { 0 };
+        // SAFETY: mount_setattr reads a NUL-terminated path and `size` bytes of
+        // a mount_attr struct, both alive for the duration of the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                at as libc::c_uint,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        nix::errno::Errno::result(r).map(drop)
     }
 
     fn pivot_root(&self, new_root: &Path) -> nix::Result<()> {
@@ -149,6 +200,14 @@ impl Syscall for Recorder {
 
     fn pivot_root(&self, new_root: &Path) -> nix::Result<()> {
         self.record(format!("pivot_root {}", new_root.display()))
+    }
+
+    fn mount_setattr(&self, path: &Path, recursive: bool, flags: MsFlags) -> nix::Result<()> {
+        self.record(format!(
+            "mount_setattr {} recursive={recursive} attr={:#x}",
+            path.display(),
+            mount_attrs(flags)
+        ))
     }
 }
 
