@@ -149,6 +149,22 @@ pub fn validate(spec: &Spec) -> Result<(), BundleError> {
             }
         }
     }
+    // Fields berth does not implement yet are refused rather than silently ignored.
+    let unsupported = [
+        ("linux.personality", linux.personality().is_some()),
+        ("linux.intelRdt", linux.intel_rdt().is_some()),
+        ("linux.timeOffsets", linux.time_offsets().is_some()),
+        ("linux.memoryPolicy", linux.memory_policy().is_some()),
+        (
+            "linux.netDevices",
+            linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()),
+        ),
+    ];
+    for (field, present) in unsupported {
+        if present {
+            return Err(invalid(field, "not supported by berth yet"));
+        }
+    }
     if !seen.contains(&LinuxNamespaceType::Mount) {
         return Err(invalid(
             "linux.namespaces",
@@ -200,6 +216,12 @@ pub fn validate(spec: &Spec) -> Result<(), BundleError> {
             return Err(invalid(
                 format!("mounts[{i}].type"),
                 "missing (and the options hold no \"bind\")",
+            ));
+        }
+        if m.uid_mappings().is_some() || m.gid_mappings().is_some() {
+            return Err(invalid(
+                format!("mounts[{i}].uidMappings"),
+                "id-mapped mounts are not supported by berth yet",
             ));
         }
         if is_bind && m.source().is_none() {
@@ -280,6 +302,19 @@ pub fn validate_process(
             return Err(invalid(
                 format!("{field}.rlimits[{i}]"),
                 format!("soft limit {} is above hard limit {}", r.soft(), r.hard()),
+            ));
+        }
+    }
+    let unsupported = [
+        ("ioPriority", process.io_priority().is_some()),
+        ("scheduler", process.scheduler().is_some()),
+        ("execCPUAffinity", process.exec_cpu_affinity().is_some()),
+    ];
+    for (name, present) in unsupported {
+        if present {
+            return Err(invalid(
+                format!("{field}.{name}"),
+                "not supported by berth yet",
             ));
         }
     }
@@ -432,6 +467,14 @@ mod tests {
             (
                 |v| v["hooks"] = serde_json::json!({"prestart": [{"path": "rel"}]}),
                 "hooks.prestart[0].path",
+            ),
+            (
+                |v| v["linux"]["personality"] = serde_json::json!({"domain": "LINUX32"}),
+                "linux.personality",
+            ),
+            (
+                |v| v["process"]["scheduler"] = serde_json::json!({"policy": "SCHED_BATCH"}),
+                "process.scheduler",
             ),
         ];
         for (edit, expect) in cases {
