@@ -408,3 +408,36 @@ fn nofile_hard_limit_above_the_callers_is_clamped() -> Result<()> {
     );
     check.assert_clean(SETTLE)
 }
+
+#[test]
+fn rro_makes_a_bind_mount_read_only_all_the_way_down() -> Result<()> {
+    if skip_unless_berth("recursive read-only (rro) bind mounts; runc 1.1 lacks them")? {
+        return Ok(());
+    }
+    let check = LeakCheck::start();
+    let dir = tempdir("rro-")?;
+    let d = dir.path().to_path_buf();
+    let sub = d.join("sub");
+    std::fs::create_dir(&sub)?;
+    let mut host = HostMounts::default();
+    host.mount(&["-t", "tmpfs", "-o", "size=1m", "tmpfs"], &sub)?;
+
+    let rt = Runtime::new()?;
+    let id = unique_id("rro");
+    let spec = Spec::sh(
+        &id,
+        "touch /data/top 2>&1; echo top=$?; touch /data/sub/below 2>&1; echo below=$?",
+    )
+    .mount(json!({
+        "destination": "/data", "type": "bind", "source": d,
+        "options": ["rbind", "rro"]
+    }));
+    let b = Bundle::new(&spec)?;
+    let out = rt.run(&id, &b)?;
+    ensure!(out.stdout.contains("top=1"), "{out}");
+    // A plain "ro" would leave the submount writable; rro must not.
+    ensure!(out.stdout.contains("below=1"), "{out}");
+    ensure!(!sub.join("below").exists() && !d.join("top").exists());
+    host.unmount_all()?;
+    check.assert_clean(SETTLE)
+}

@@ -57,6 +57,8 @@ pub struct MountOptions {
     pub propagation: MsFlags,
     pub data: Vec<String>,
     pub bind: bool,
+    /// "rro": read-only for every mount below the bind too.
+    pub recursive_ro: bool,
 }
 
 /// Parses the fstab-style options of a spec mount.
@@ -66,6 +68,7 @@ pub fn parse_options(options: &[String]) -> MountOptions {
         propagation: MsFlags::empty(),
         data: Vec::new(),
         bind: false,
+        recursive_ro: false,
     };
     for opt in options {
         let (set, clear, prop) = match opt.as_str() {
@@ -128,7 +131,11 @@ pub fn parse_options(options: &[String]) -> MountOptions {
                 MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
             ),
             // SELinux relabel requests and runc's own markers: accepted, nothing to do here.
-            "z" | "Z" | "tmpcopyup" | "rro" | "rrw" => continue,
+            "z" | "Z" | "rrw" => continue,
+            "rro" => {
+                o.recursive_ro = true;
+                continue;
+            }
             other => {
                 o.data.push(other.to_owned());
                 continue;
@@ -568,6 +575,14 @@ fn mount_one(sys: &dyn Syscall, plan: &Plan, root: &OwnedFd, m: &Mount) -> Resul
                 None,
             )
             .map_err(mount_err("remounting bind mount with its options", dest))?;
+        }
+        if opts.recursive_ro {
+            let target = resolve_in_root(root, dest, Create::Nothing)?;
+            sys.mount_setattr(&target.path, true, MsFlags::MS_RDONLY)
+                .map_err(mount_err(
+                    "making the bind mount recursively read-only",
+                    dest,
+                ))?;
         }
         return apply_propagation(sys, root, dest, opts.propagation);
     }
