@@ -366,26 +366,18 @@ fn run(args: Args) -> Result<i32> {
                     }
                     if !cap.is_empty() {
                         let mut caps = p.capabilities().clone().unwrap_or_default();
-                        let extra: Vec<oci_cap> =
+                        let extra: Vec<OciCap> =
                             cap.iter().map(|c| parse_cap(c)).collect::<Result<_>>()?;
-                        for set in [
-                            caps.bounding().clone(),
-                            caps.effective().clone(),
-                            caps.permitted().clone(),
-                            caps.inheritable().clone(),
-                        ]
-                        .iter()
-                        .enumerate()
-                        {
-                            let mut s = set.1.clone().unwrap_or_default();
+                        // runc's --cap adds to every set but ambient.
+                        let with = |set: &Option<oci_spec::runtime::Capabilities>| {
+                            let mut s = set.clone().unwrap_or_default();
                             s.extend(extra.iter().copied());
-                            match set.0 {
-                                0 => caps.set_bounding(Some(s)),
-                                1 => caps.set_effective(Some(s)),
-                                2 => caps.set_permitted(Some(s)),
-                                _ => caps.set_inheritable(Some(s)),
-                            };
-                        }
+                            Some(s)
+                        };
+                        caps.set_bounding(with(caps.bounding()));
+                        caps.set_effective(with(caps.effective()));
+                        caps.set_permitted(with(caps.permitted()));
+                        caps.set_inheritable(with(caps.inheritable()));
                         p.set_capabilities(Some(caps));
                     }
                     p
@@ -560,12 +552,11 @@ fn run(args: Args) -> Result<i32> {
     Ok(0)
 }
 
-#[allow(non_camel_case_types)]
-type oci_cap = oci_spec::runtime::Capability;
+type OciCap = oci_spec::runtime::Capability;
 
-fn parse_cap(name: &str) -> Result<oci_cap> {
+fn parse_cap(name: &str) -> Result<OciCap> {
     let n = name.strip_prefix("CAP_").unwrap_or(name);
-    oci_cap::from_str(n).map_err(|_| anyhow!("unknown capability {name:?}"))
+    OciCap::from_str(n).map_err(|_| anyhow!("unknown capability {name:?}"))
 }
 
 /// runc's state JSON; berth adds the recorded exit under "berth".
