@@ -356,6 +356,20 @@ impl Runtime {
         Ok(st)
     }
 
+    /// Fails if anything but the runtime's own dot-files is left in the state root.
+    pub fn assert_no_state(&self) -> anyhow::Result<()> {
+        let left: Vec<PathBuf> = self
+            .state_entries()
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        anyhow::ensure!(left.is_empty(), "state left in --root: {left:?}");
+        Ok(())
+    }
+
     /// All paths below the state root (empty if the root does not exist).
     pub fn state_entries(&self) -> Vec<PathBuf> {
         fn walk(p: &Path, out: &mut Vec<PathBuf>) {

@@ -21,20 +21,6 @@ use serde_json::json;
 
 const SETTLE: Duration = Duration::from_secs(10);
 
-/// Nothing (but the runtime's own dot-files) is left in the state root.
-fn no_state(rt: &Runtime) -> Result<()> {
-    let left: Vec<PathBuf> = rt
-        .state_entries()
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
-    ensure!(left.is_empty(), "state left in --root: {left:?}");
-    Ok(())
-}
-
 /// How a bad config is made from a valid test spec.
 enum Bad {
     /// config.json replaced by this text.
@@ -146,7 +132,7 @@ fn malformed_configs_are_refused_naming_the_field() -> Result<()> {
             "{}: a refused container has state: {state}",
             case.tag
         );
-        no_state(&rt).with_context(|| case.tag)?;
+        rt.assert_no_state().with_context(|| case.tag)?;
         check
             .assert_clean(SETTLE)
             .with_context(|| format!("after {}", case.tag))?;
@@ -323,7 +309,7 @@ fn an_existing_id_is_refused_and_the_first_container_is_untouched() -> Result<()
         "init {pid} survived delete --force"
     );
     check.assert_clean(SETTLE)?;
-    no_state(&rt)
+    rt.assert_no_state()
 }
 
 /// A host directory name for the escape test, unique to this test process,
@@ -452,7 +438,7 @@ fn mount_destinations_through_symlinks_stay_inside_the_rootfs() -> Result<()> {
         );
     }
     check.assert_clean(SETTLE)?;
-    no_state(&rt)
+    rt.assert_no_state()
 }
 
 #[test]
@@ -467,7 +453,7 @@ fn a_cwd_above_the_root_is_the_root() -> Result<()> {
     ensure!(out.success(), "{out}");
     assert_eq!(out.stdout, "/\nrootfs-top\n", "{out}");
     check.assert_clean(SETTLE)?;
-    no_state(&rt)
+    rt.assert_no_state()
 }
 
 #[test]
@@ -498,5 +484,5 @@ fn a_failure_late_in_setup_is_reported_and_cleaned_up() -> Result<()> {
         "cgroup {cgroup} left"
     );
     check.assert_clean(SETTLE)?;
-    no_state(&rt)
+    rt.assert_no_state()
 }

@@ -39,19 +39,6 @@ fn join(spec: Spec, pid: i32, joined: &[(&str, &str)]) -> Spec {
     spec.set("/linux/namespaces", Value::Array(list))
 }
 
-fn no_state(rt: &Runtime) -> Result<()> {
-    let left: Vec<_> = rt
-        .state_entries()
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
-    ensure!(left.is_empty(), "state left in --root: {left:?}");
-    Ok(())
-}
-
 #[test]
 fn network_ipc_and_uts_namespaces_are_joined_by_path() -> Result<()> {
     let check = LeakCheck::start();
@@ -95,7 +82,7 @@ fn network_ipc_and_uts_namespaces_are_joined_by_path() -> Result<()> {
     rt.delete_force(&a_id)?;
     ensure!(proc::wait_gone(a_pid, SETTLE), "A's init survived");
     check.assert_clean(SETTLE)?;
-    no_state(&rt)
+    rt.assert_no_state()
 }
 
 #[test]
@@ -157,5 +144,5 @@ fn the_pid_namespace_is_joined_by_path() -> Result<()> {
     rt.delete_force(&a_id)?;
     ensure!(proc::wait_gone(a_pid, SETTLE), "A's init survived");
     check.assert_clean(SETTLE)?;
-    no_state(&rt)
+    rt.assert_no_state()
 }

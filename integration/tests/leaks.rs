@@ -10,19 +10,6 @@ use berth_integration::{Bundle, LeakCheck, Runtime, Spec, unique_id};
 
 const SETTLE: Duration = Duration::from_secs(10);
 
-fn no_state(rt: &Runtime) -> Result<()> {
-    let e = rt.state_entries();
-    let left: Vec<_> = e
-        .iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
-    ensure!(left.is_empty(), "state left in --root: {left:?}");
-    Ok(())
-}
-
 fn busy_spec(id: &str) -> Result<(Spec, tempfile::TempDir)> {
     let host = tempdir("leak-bind-")?;
     let spec = Spec::sh(id, "sleep 1000 & sleep 1000")
@@ -46,7 +33,7 @@ fn run_leaves_nothing_behind() -> Result<()> {
     let b = Bundle::new(&spec)?;
     rt.run(&id, &b)?.check()?;
     check.assert_clean(SETTLE)?;
-    no_state(&rt)
+    rt.assert_no_state()
 }
 
 #[test]
@@ -70,7 +57,7 @@ fn kill_and_delete_leave_nothing_behind() -> Result<()> {
     rt.wait_status(&id, "stopped", SETTLE)?;
     rt.delete(&id)?;
     check.assert_clean(SETTLE)?;
-    no_state(&rt)
+    rt.assert_no_state()
 }
 
 #[test]
@@ -96,7 +83,7 @@ fn force_delete_of_running_and_paused_containers_leaves_nothing_behind() -> Resu
     rt.create(&id, &b)?;
     rt.delete_force(&id)?;
     check.assert_clean(SETTLE)?;
-    no_state(&rt)
+    rt.assert_no_state()
 }
 
 type MakeSpec = fn(&str) -> Spec;
@@ -122,7 +109,7 @@ fn failed_creates_leave_nothing_behind() -> Result<()> {
         let _ = rt.cmd(&["delete", "--force", &id]);
     }
     check.assert_clean(SETTLE)?;
-    no_state(&rt)
+    rt.assert_no_state()
 }
 
 #[test]
@@ -146,5 +133,5 @@ fn the_leak_check_sees_a_container_left_running() -> Result<()> {
     );
     rt.delete_force(&id)?;
     check.assert_clean(SETTLE)?;
-    no_state(&rt)
+    rt.assert_no_state()
 }

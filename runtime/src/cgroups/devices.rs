@@ -74,6 +74,23 @@ impl Rule {
 /// Validate OCI rules. Unset type means `a`, unset or -1 major/minor the
 /// wildcard, unset or empty access `rwm`; `u` counts as `c`; `p` (fifo) is
 /// not subject to the device cgroup and is an error.
+/// One device cgroup rule; `None` for major or minor means any.
+pub fn rule(
+    allow: bool,
+    typ: LinuxDeviceType,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: &str,
+) -> LinuxDeviceCgroup {
+    let mut d = LinuxDeviceCgroup::default();
+    d.set_allow(allow);
+    d.set_typ(Some(typ));
+    d.set_major(major);
+    d.set_minor(minor);
+    d.set_access(Some(access.to_owned()));
+    d
+}
+
 pub(crate) fn normalize(rules: &[LinuxDeviceCgroup]) -> Result<Vec<Rule>, CgroupError> {
     rules
         .iter()
@@ -518,26 +535,6 @@ pub(crate) mod tests {
             }
         }
         panic!("program did not terminate")
-    }
-
-    fn rule(
-        allow: bool,
-        typ: LinuxDeviceType,
-        major: Option<i64>,
-        minor: Option<i64>,
-        access: &str,
-    ) -> LinuxDeviceCgroup {
-        let mut b = LinuxDeviceCgroupBuilder::default()
-            .allow(allow)
-            .typ(typ)
-            .access(access);
-        if let Some(m) = major {
-            b = b.major(m);
-        }
-        if let Some(m) = minor {
-            b = b.minor(m);
-        }
-        b.build().expect("rule")
     }
 
     const R: u32 = ACC_READ;

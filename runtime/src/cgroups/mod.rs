@@ -13,6 +13,7 @@
 
 mod common;
 mod devices;
+pub use devices::rule as device_rule;
 mod error;
 mod fsutil;
 mod mountinfo;

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType,
-    LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
+    LinuxCpuBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources,
+    LinuxResourcesBuilder,
 };
 
 use super::*;
@@ -184,25 +184,7 @@ fn cpu_ticks(pid: i32) -> u64 {
     fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
 }
 
-fn device(
-    allow: bool,
-    typ: LinuxDeviceType,
-    major: Option<i64>,
-    minor: Option<i64>,
-    access: &str,
-) -> LinuxDeviceCgroup {
-    let mut b = LinuxDeviceCgroupBuilder::default()
-        .allow(allow)
-        .typ(typ)
-        .access(access);
-    if let Some(m) = major {
-        b = b.major(m);
-    }
-    if let Some(m) = minor {
-        b = b.minor(m);
-    }
-    b.build().expect("device rule")
-}
+use super::devices::rule as device;
 
 /// Deny everything, then allow /dev/null (c 1:3) only.
 fn only_dev_null() -> LinuxResources {

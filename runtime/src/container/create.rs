@@ -532,16 +532,9 @@ fn write_id_maps(cfg: &InitConfig, pid: i32) -> std::result::Result<(), String> 
 fn with_default_devices(
     mut r: oci_spec::runtime::LinuxResources,
 ) -> oci_spec::runtime::LinuxResources {
-    use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
-    let rule = |typ: LinuxDeviceType, major: Option<i64>, minor: Option<i64>, access: &str| {
-        let mut d = LinuxDeviceCgroup::default();
-        d.set_allow(true);
-        d.set_typ(Some(typ));
-        d.set_major(major);
-        d.set_minor(minor);
-        d.set_access(Some(access.to_owned()));
-        d
-    };
+    use crate::cgroups::device_rule;
+    use oci_spec::runtime::LinuxDeviceType;
+    let rule = |typ, major, minor, access| device_rule(true, typ, major, minor, access);
     let mut rules = r.devices().clone().unwrap_or_default();
     rules.push(rule(LinuxDeviceType::C, None, None, "m"));
     rules.push(rule(LinuxDeviceType::B, None, None, "m"));
