@@ -7,6 +7,7 @@ pub mod container;
 pub mod crilog;
 pub mod hooks;
 pub mod id;
+pub mod image;
 pub mod monitor;
 pub mod process;
 pub mod rootfs;
