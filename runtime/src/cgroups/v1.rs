@@ -709,4 +709,11 @@ impl Cgroup for V1Cgroup {
             .chain(self.unified.clone())
             .collect()
     }
+
+    fn placement(&self) -> Option<super::Placement> {
+        Some(super::Placement {
+            clone_into: self.unified.clone(),
+            self_join: self.dirs.iter().map(|d| d.leaf.join("tasks")).collect(),
+        })
+    }
 }

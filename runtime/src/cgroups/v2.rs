@@ -438,6 +438,13 @@ impl Cgroup for V2Cgroup {
         fsutil::add_pid(&self.leaf, pid)
     }
 
+    fn placement(&self) -> Option<super::Placement> {
+        Some(super::Placement {
+            clone_into: Some(self.leaf.clone()),
+            self_join: Vec::new(),
+        })
+    }
+
     fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         fsutil::pids_recursive(&self.leaf)
     }

@@ -10,7 +10,7 @@
 //!    stage 2 waits at the barrier.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
@@ -18,6 +18,7 @@ use nix::unistd::{ForkResult, Pid};
 use oci_spec::runtime::LinuxNamespaceType;
 
 use super::channel::{Channel, Msg};
+use super::clone::Forked;
 use super::init::{self, InitConfig, Kind};
 use super::{Engine, EngineError, Result, io, sys};
 use crate::bundle::Bundle;
@@ -446,20 +447,65 @@ pub(super) fn spawn(
     mut on_hooks: impl FnMut(i32) -> std::result::Result<(), String>,
 ) -> std::result::Result<i32, String> {
     let (parent, child) = Channel::pair().map_err(|e| format!("socketpair: {e}"))?;
-    // SAFETY: the caller is single-threaded.
-    let stage1 = match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => {
+    // Stage 1 only exists to join namespaces and to map a new user namespace
+    // between fork and unshare; without either, one clone makes the init.
+    let direct = cfg.joins.is_empty() && !cfg.unshare.contains(CloneFlags::CLONE_NEWUSER);
+    let placement = cg.placement();
+    let clone_into = placement
+        .as_ref()
+        .and_then(|p| p.clone_into.as_ref())
+        .and_then(|d| {
+            nix::fcntl::open(
+                d,
+                nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .ok()
+        });
+    let wants_clone_into = placement.as_ref().is_some_and(|p| p.clone_into.is_some());
+    // A cgroup namespace is rooted where it is made: after the cgroup move.
+    let late = if direct {
+        cfg.unshare & CloneFlags::CLONE_NEWCGROUP
+    } else {
+        CloneFlags::empty()
+    };
+    let flags = if direct {
+        cfg.unshare - late
+    } else {
+        CloneFlags::empty()
+    };
+    let (forked, cloned_into) =
+        super::clone::fork_into(flags, clone_into.as_ref().map(|f| f.as_fd()))
+            .map_err(|e| format!("clone: {e}"))?;
+    let self_join = match &placement {
+        Some(p) if cloned_into || !wants_clone_into => Some(p.self_join.as_slice()),
+        _ => None,
+    };
+    let first = match forked {
+        Forked::Child => {
             drop(parent);
-            init::stage1(cfg, &child)
+            let entry = init::Entry {
+                self_join: self_join.unwrap_or_default(),
+                late_unshare: late,
+            };
+            if direct {
+                init::stage2(cfg, &child, &entry)
+            } else {
+                init::stage1(cfg, &child, &entry)
+            }
         }
-        Ok(ForkResult::Parent { child: pid }) => pid,
-        Err(e) => return Err(format!("fork: {e}")),
+        Forked::Parent(pid) => pid,
     };
     drop(child);
-    let mut init_pid: Option<i32> = None;
+    let stage1 = first;
+    let mut init_pid: Option<i32> = direct.then_some(first.as_raw());
     let result = (|| {
-        cg.add_process(stage1.as_raw()).map_err(|e| e.to_string())?;
-        tracing::debug!(container = %cfg.id, "stage 1 in the cgroup");
+        if self_join.is_none() {
+            cg.add_process(first.as_raw()).map_err(|e| e.to_string())?;
+        }
+        tracing::debug!(container = %cfg.id, "first process in the cgroup");
         parent.send(&Msg::Go).map_err(|e| e.to_string())?;
         loop {
             match parent.recv() {
@@ -498,7 +544,7 @@ pub(super) fn spawn(
     if result.is_err() {
         let _ = nix::sys::signal::kill(stage1, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(stage1, None);
-        if let Some(p) = init_pid {
+        if let Some(p) = init_pid.filter(|p| *p != stage1.as_raw()) {
             let _ = nix::sys::signal::kill(Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(Pid::from_raw(p), None);
         }

@@ -71,6 +71,26 @@ impl InitConfig {
     }
 }
 
+/// What a freshly forked stage does before anything else.
+pub struct Entry<'a> {
+    /// v1 `tasks` files to write "0" to: the process moves itself into its
+    /// cgroup (see [`crate::cgroups::Placement`]).
+    pub self_join: &'a [PathBuf],
+    /// Namespaces to create once in the cgroup (a cgroup namespace is rooted
+    /// where it is made).
+    pub late_unshare: CloneFlags,
+}
+
+impl Entry<'_> {
+    fn enter(&self) -> Result<(), String> {
+        for tasks in self.self_join {
+            std::fs::write(tasks, b"0")
+                .map_err(|e| format!("joining the cgroup through {}: {e}", tasks.display()))?;
+        }
+        Ok(())
+    }
+}
+
 fn fail(chan: &Channel, msg: String) -> ! {
     let _ = chan.send(&Msg::Error(msg));
     // SAFETY: _exit ends this forked child without running the parent's atexit handlers.
@@ -78,7 +98,10 @@ fn fail(chan: &Channel, msg: String) -> ! {
 }
 
 /// Stage 1. Never returns.
-pub fn stage1(cfg: &InitConfig, chan: &Channel) -> ! {
+pub fn stage1(cfg: &InitConfig, chan: &Channel, entry: &Entry<'_>) -> ! {
+    if let Err(e) = entry.enter() {
+        fail(chan, e)
+    }
     match stage1_inner(cfg, chan) {
         Ok(()) => {
             // SAFETY: as in `fail`.
@@ -128,7 +151,14 @@ fn stage1_inner(cfg: &InitConfig, chan: &Channel) -> Result<(), String> {
     }
     // SAFETY: this process is single-threaded (a fork of a single-threaded parent).
     match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => stage2(cfg, chan),
+        Ok(nix::unistd::ForkResult::Child) => stage2(
+            cfg,
+            chan,
+            &Entry {
+                self_join: &[],
+                late_unshare: CloneFlags::empty(),
+            },
+        ),
         Ok(nix::unistd::ForkResult::Parent { child }) => chan
             .send(&Msg::InitPid(child.as_raw()))
             .map_err(|e| e.to_string()),
@@ -137,8 +167,11 @@ fn stage1_inner(cfg: &InitConfig, chan: &Channel) -> Result<(), String> {
 }
 
 /// Stage 2: the container's init. Never returns.
-fn stage2(cfg: &InitConfig, chan: &Channel) -> ! {
-    match stage2_inner(cfg, chan) {
+pub(super) fn stage2(cfg: &InitConfig, chan: &Channel, entry: &Entry<'_>) -> ! {
+    if let Err(e) = entry.enter() {
+        fail(chan, e)
+    }
+    match stage2_inner(cfg, chan, entry.late_unshare) {
         Ok(never) => match never {},
         Err(e) => fail(chan, e),
     }
@@ -150,11 +183,19 @@ fn warn(chan: &Channel, w: String) {
     let _ = chan.send(&Msg::Warn(w));
 }
 
-fn stage2_inner(cfg: &InitConfig, chan: &Channel) -> Result<Never, String> {
+fn stage2_inner(
+    cfg: &InitConfig,
+    chan: &Channel,
+    late_unshare: CloneFlags,
+) -> Result<Never, String> {
     match chan.recv() {
         Ok(Msg::Go) => {}
         Ok(other) => return Err(format!("unexpected message {other:?}")),
         Err(e) => return Err(format!("waiting for the creator: {e}")),
+    }
+    if !late_unshare.is_empty() {
+        nix::sched::unshare(late_unshare)
+            .map_err(|e| format!("creating namespaces {late_unshare:?}: {e}"))?;
     }
     super::wait::reset_signals();
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
@@ -196,12 +237,19 @@ fn stage2_inner(cfg: &InitConfig, chan: &Channel) -> Result<Never, String> {
             cgroup_path: &cfg.cgroup_path,
         };
         rootfs::prepare(&sys, &plan).map_err(|e| e.to_string())?;
-        chan.send(&Msg::RunHooks).map_err(|e| e.to_string())?;
-        match chan.recv() {
-            Ok(Msg::HooksDone) => {}
-            Ok(Msg::Error(e)) => return Err(e),
-            Ok(other) => return Err(format!("unexpected message {other:?}")),
-            Err(e) => return Err(e.to_string()),
+        // The creator runs these hooks; without any, skip the round trip.
+        let creator_hooks = cfg.spec.hooks().as_ref().is_some_and(|h| {
+            h.prestart().as_ref().is_some_and(|v| !v.is_empty())
+                || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
+        });
+        if creator_hooks {
+            chan.send(&Msg::RunHooks).map_err(|e| e.to_string())?;
+            match chan.recv() {
+                Ok(Msg::HooksDone) => {}
+                Ok(Msg::Error(e)) => return Err(e),
+                Ok(other) => return Err(format!("unexpected message {other:?}")),
+                Err(e) => return Err(e.to_string()),
+            }
         }
         if let Some(hooks) = cfg
             .spec
@@ -368,17 +416,34 @@ fn hook_state<'a>(cfg: &'a InitConfig, status: &'static str) -> crate::hooks::Ho
 /// close-on-exec) matters: the init waits at the barrier before it execs, and a
 /// pipe end it still held would keep its creator waiting for EOF.
 fn close_extra_fds(from: i32, keep: &[RawFd]) {
-    let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
-        Ok(dir) => dir
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect(),
-        Err(_) => return,
-    };
-    for fd in fds {
-        if fd >= from && !keep.contains(&fd) {
-            // SAFETY: this process is about to exec and never returns to code that
-            // owns these descriptors, so no OwnedFd is closed twice.
-            unsafe { libc::close(fd) };
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|k| *k >= from).collect();
+    keep.sort_unstable();
+    let mut lo = from;
+    for k in keep.into_iter().chain([RawFd::MAX]) {
+        if k > lo {
+            close_range(lo as u32, (k - 1) as u32);
+        }
+        lo = k.saturating_add(1);
+    }
+}
+
+fn close_range(first: u32, last: u32) {
+    // SAFETY: this process is about to exec and never returns to code that owns
+    // these descriptors, so no OwnedFd is closed twice; close_range takes integers.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+    if r != 0 {
+        // Kernels before 5.9: close one by one what is open.
+        let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+            Ok(dir) => dir
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect(),
+            Err(_) => return,
+        };
+        for fd in fds {
+            if fd as u32 >= first && fd as u32 <= last {
+                // SAFETY: as above.
+                unsafe { libc::close(fd) };
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! nothing lives in memory between calls except berth's per-container monitor.
 
 mod channel;
+mod clone;
 mod create;
 mod exec;
 pub mod init;
