@@ -327,14 +327,6 @@ impl Engine {
         pipes: Option<(OwnedFd, OwnedFd)>,
         log: Option<crate::crilog::CriLogWriter>,
     ) -> i32 {
-        // Wait to be orphaned, then see who adopted us.
-        let mut spins = 0;
-        while nix::unistd::getppid() == middle && spins < 20_000 {
-            std::thread::sleep(std::time::Duration::from_micros(50));
-            spins += 1;
-        }
-        let adopted_by_subreaper = nix::unistd::getppid().as_raw() > 1;
-        let stand_aside = mode == MonitorMode::Auto && adopted_by_subreaper && log.is_none();
         let mut report = std::fs::File::from(report);
         let sfd = match super::wait::block_signals() {
             Ok(s) => s,
@@ -351,10 +343,27 @@ impl Engine {
             );
             return 1;
         }
-        if !stand_aside {
+        // Assume we stay; corrected below if a subreaper adopted us.
+        let may_stand_aside = mode == MonitorMode::Auto && log.is_none();
+        if mode != MonitorMode::Never {
             record.monitor_pid = Some(std::process::id() as i32);
         }
         let result = self.spawn_and_record(cfg, cg, record, dir);
+        let result = result.and_then(|mut st| {
+            // The intermediate exits right after forking us, so by now (the
+            // container is made) we are orphaned; see who adopted us.
+            let mut spins = 0;
+            while nix::unistd::getppid() == middle && spins < 20_000 {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+                spins += 1;
+            }
+            if may_stand_aside && nix::unistd::getppid().as_raw() > 1 {
+                st.monitor_pid = None;
+                state::write_json(&dir.join(state::STATE_FILE), &st)?;
+            }
+            Ok(st)
+        });
+        let stand_aside = result.as_ref().is_ok_and(|st| st.monitor_pid.is_none());
         let st = match result {
             Ok(st) => st,
             Err(e) => {
