@@ -7,3 +7,4 @@
 //! overlay root filesystem.
 
 pub mod digest;
+pub mod reference;
