@@ -188,15 +188,20 @@ impl RegistryConfig {
 
     /// Whether to talk plain HTTP to `host`: its `plain_http` if set, else true
     /// exactly for loopback hosts (`localhost`, `127.0.0.0/8`, `::1`), as
-    /// containerd's CRI plugin does. There is no https→http fallback: a fallback
-    /// would turn a TLS misconfiguration into a silent downgrade, and traffic to
-    /// loopback never leaves the node, so TLS adds nothing there. Set
-    /// `plain_http = false` to force https on a loopback registry.
+    /// containerd's CRI plugin does, unless the host's entry has TLS settings
+    /// (`insecure_skip_verify`, `ca_file`), which say it speaks https. There is
+    /// no https→http fallback: a fallback would turn a TLS misconfiguration
+    /// into a silent downgrade, and traffic to loopback never leaves the node,
+    /// so TLS adds nothing there. Set `plain_http = false` to force https.
     pub fn plain_http(&self, host: &str) -> bool {
-        self.hosts
-            .get(host)
-            .and_then(|h| h.plain_http)
-            .unwrap_or_else(|| is_loopback(host))
+        match self.hosts.get(host) {
+            Some(HostConfig {
+                plain_http: Some(p),
+                ..
+            }) => *p,
+            Some(h) if h.insecure_skip_verify || h.ca_file.is_some() => false,
+            _ => is_loopback(host),
+        }
     }
 
     /// The mirror endpoints for `registry`, its own entry first, else `*`'s.
@@ -536,6 +541,12 @@ mod tests {
         assert!(r.plain_http("localhost"));
         assert!(r.plain_http("[::1]:5000"));
         assert!(!r.plain_http("localhost:5000"), "explicit setting wins");
+        let c =
+            parse("[registry.hosts.\"127.0.0.1:5000\"]\ninsecure_skip_verify = true\n").unwrap();
+        assert!(
+            !c.registry.plain_http("127.0.0.1:5000"),
+            "TLS settings mean https"
+        );
         assert!(!r.plain_http("docker.io"));
         assert!(!r.plain_http("10.0.0.1:5000"));
     }

@@ -543,8 +543,11 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_input_never_panics(s in "\\PC{0,80}") {
-            let _ = s.parse::<Reference>();
+        fn arbitrary_input_parses_or_errs_and_what_parses_round_trips(s in "\\PC{0,80}") {
+            if let Ok(r) = s.parse::<Reference>() {
+                let again: Reference = r.to_string().parse().map_err(|e| TestCaseError::fail(format!("{r}: {e}")))?;
+                prop_assert_eq!(again, r);
+            }
         }
     }
 }

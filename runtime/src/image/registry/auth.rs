@@ -661,4 +661,21 @@ mod tests {
         assert_eq!(c[0].params["realm"], "héllo");
         let _ = parse_challenges("=,=\"\\");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn challenge_parser_takes_anything(h in "\\PC{0,120}") {
+            for c in parse_challenges(&h) {
+                proptest::prop_assert!(!c.scheme.is_empty());
+                proptest::prop_assert_eq!(c.scheme.to_ascii_lowercase(), c.scheme);
+            }
+        }
+
+        #[test]
+        fn quoted_values_round_trip(v in "[^\"\\\\]{0,40}") {
+            let c = parse_challenges(&format!("Bearer realm=\"{v}\",service=s"));
+            proptest::prop_assert_eq!(&c[0].params["realm"], &v);
+            proptest::prop_assert_eq!(&c[0].params["service"], "s");
+        }
+    }
 }
