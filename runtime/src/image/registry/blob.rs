@@ -175,6 +175,7 @@ impl Download {
                 }
                 continue;
             };
+            let mut ended_early = false;
             let error = match body.next().await {
                 Some(Ok(mut chunk)) => {
                     if self.skip > 0 {
@@ -208,18 +209,27 @@ impl Download {
                     return None;
                 }
                 // Ended early without a transport error: treat as a break.
-                None => RegistryError::Connection {
-                    url: shown(&self.src.url),
-                    reference: self.src.reference.to_string(),
-                    cause: format!(
-                        "blob {} ended at byte {} of {}",
-                        self.src.digest, self.pos, self.src.size
-                    ),
-                },
+                None => {
+                    ended_early = true;
+                    RegistryError::Connection {
+                        url: shown(&self.src.url),
+                        reference: self.src.reference.to_string(),
+                        cause: format!(
+                            "blob {} ended at byte {} of {}",
+                            self.src.digest, self.pos, self.src.size
+                        ),
+                    }
+                }
             };
             self.body = None;
             if !self.may_retry(&error).await {
                 self.done = true;
+                // A body that keeps ending early is, in the end, a blob of the wrong size.
+                let error = if ended_early {
+                    self.src.size_error(self.pos)
+                } else {
+                    error
+                };
                 return Some(Err(error));
             }
         }

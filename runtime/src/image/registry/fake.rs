@@ -57,6 +57,8 @@ pub struct FakeState {
     pub cut_after: usize,
     pub cuts: usize,
     pub ignore_range: bool,
+    /// Serve blobs cut to this length, chunked (no Content-Length), ending cleanly.
+    pub truncate_to: Option<usize>,
     /// Answer blob GETs with a 307 to `<this>/storage/<digest>?sig=…`.
     pub redirect_blobs_to: Option<String>,
     pub log: Vec<Logged>,
@@ -300,9 +302,12 @@ fn token(state: &Shared, logged: Logged) -> Response {
 
 fn serve_blob(state: &Shared, digest: &str, range: Option<&str>) -> Response {
     let mut s = state.lock().unwrap();
-    let Some(data) = s.blobs.get(digest).cloned() else {
+    let Some(mut data) = s.blobs.get(digest).cloned() else {
         return json_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown");
     };
+    if let Some(t) = s.truncate_to {
+        data.truncate(t);
+    }
     let from = range
         .and_then(|r| r.strip_prefix("bytes="))
         .and_then(|r| r.strip_suffix('-'))
@@ -319,8 +324,14 @@ fn serve_blob(state: &Shared, digest: &str, range: Option<&str>) -> Response {
     let part = data[from..].to_vec();
     let mut builder = Response::builder()
         .status(status)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_LENGTH, part.len());
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if s.truncate_to.is_some() {
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![Ok(part.into())];
+        return builder
+            .body(Body::from_stream(futures::stream::iter(chunks)))
+            .unwrap();
+    }
+    builder = builder.header(header::CONTENT_LENGTH, part.len());
     if status == StatusCode::PARTIAL_CONTENT {
         builder = builder.header(
             header::CONTENT_RANGE,

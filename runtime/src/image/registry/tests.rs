@@ -861,6 +861,32 @@ async fn wrong_blob_sizes_are_errors() {
     // Less than the registry sends.
     let err = c.fetch_blob(&r, &d, 4000, 0, None).await.unwrap_err();
     assert!(matches!(err, RegistryError::BlobSize { .. }), "{err}");
+
+    // Without Content-Length the shortfall shows at the end of the stream,
+    // after an attempt to resume past what the registry has.
+    fake.with(|s| s.truncate_to = Some(3000));
+    let s = c.fetch_blob(&r, &d, 5000, 0, None).await.unwrap();
+    let err = collect(s).await.unwrap_err();
+    match &err {
+        RegistryError::BlobSize {
+            expected, received, ..
+        } => assert_eq!((*expected, *received), (5000, 3000)),
+        e => panic!("unexpected {e}"),
+    }
+    let ranges: Vec<Option<String>> = fake
+        .requests("/blobs/")
+        .into_iter()
+        .map(|l| l.range)
+        .collect();
+    assert_eq!(ranges.last().unwrap().as_deref(), Some("bytes=3000-"));
+    // And one that sends more than it should is cut off with an error.
+    fake.with(|s| s.truncate_to = Some(5000));
+    let s = c.fetch_blob(&r, &d, 4000, 0, None).await.unwrap();
+    let err = collect(s).await.unwrap_err();
+    assert!(
+        matches!(err, RegistryError::BlobSize { expected: 4000, .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test]
