@@ -2,6 +2,7 @@
 
 pub mod bundle;
 pub mod cgroups;
+pub mod config;
 pub mod console;
 pub mod container;
 pub mod crilog;

@@ -7,3 +7,5 @@
 //! overlay root filesystem.
 
 pub mod digest;
+pub mod reference;
+pub mod registry;
