@@ -8,7 +8,16 @@
 //! - [`leak`]: before/after snapshots of mounts, cgroups and processes;
 //! - [`caps`], [`cgroup`], [`console`], [`proc`]: capability sets, cgroup
 //!   files, console sockets, /proc;
-//! - [`image`], [`containerd`]: an OCI image tarball and a private containerd.
+//! - [`image`], [`containerd`]: a tar writer, an OCI image tarball and a
+//!   private containerd;
+//! - [`oci`]: OCI and Docker images built in memory (layers, configs,
+//!   manifests, indexes), written as OCI layouts and `docker save` tarballs;
+//! - [`registry`]: Debian's docker-registry on a free port (optionally with
+//!   token auth and our token server), and a small push client;
+//!   [`registry_proxy`]: a fault-injecting proxy in front of it;
+//! - [`images`]: the standard test images (busybox, testapp, multi-arch,
+//!   zstd, big) and bad ones; [`testapp`]: the static test program;
+//! - [`http`]: the bits of HTTP/1.1 the fixture servers need.
 //!
 //! # Running
 //!
@@ -33,12 +42,18 @@ pub mod cgroup;
 pub mod console;
 pub mod containerd;
 pub mod exec;
+pub mod http;
 pub mod image;
+pub mod images;
 pub mod leak;
+pub mod oci;
 pub mod proc;
+pub mod registry;
+pub mod registry_proxy;
 pub mod rootfs;
 pub mod runtime;
 pub mod spec;
+pub mod testapp;
 pub mod workdir;
 
 pub use bundle::Bundle;
