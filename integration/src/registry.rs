@@ -1,6 +1,7 @@
 //! A real OCI distribution registry for tests: Debian's `docker-registry`
 //! (distribution 2.8) on a free 127.0.0.1 port, with its storage in a temp
-//! dir; optionally in token-auth mode with a token server of our own.
+//! dir; optionally wanting credentials: HTTP Basic (its htpasswd mode) or
+//! bearer tokens from a token server of our own.
 //! And [`Client`], a small blocking registry client to push (and read back)
 //! what [`crate::oci`] builds.
 //!
@@ -66,37 +67,65 @@ pub fn registry_binary() -> Result<PathBuf> {
     })
 }
 
+/// The realm of the registry's Basic challenge in basic-auth mode.
+pub const BASIC_REALM: &str = "berth-test-basic";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AuthMode {
+    None,
+    Basic,
+    Token,
+}
+
 /// A running registry.
 pub struct Registry {
     dir: PathBuf,
     addr: SocketAddr,
     daemon: Option<Spawned>,
+    creds: Option<(String, String)>,
     token: Option<TokenServer>,
 }
 
 impl Registry {
     /// Starts an open registry (no auth).
     pub fn start() -> Result<Registry> {
-        Registry::start_inner(None)
+        Registry::start_inner(AuthMode::None, None)
     }
 
     /// Starts a registry that wants bearer tokens, and the token server
     /// that issues them to `user`/`password` (see the module doc).
     pub fn start_with_token_auth(user: &str, password: &str) -> Result<Registry> {
-        Registry::start_inner(Some((user, password)))
+        Registry::start_inner(AuthMode::Token, Some((user, password)))
     }
 
-    fn start_inner(creds: Option<(&str, &str)>) -> Result<Registry> {
+    /// Starts a registry that wants HTTP Basic credentials (its htpasswd
+    /// mode, realm [`BASIC_REALM`]) for everything.
+    pub fn start_with_basic_auth(user: &str, password: &str) -> Result<Registry> {
+        Registry::start_inner(AuthMode::Basic, Some((user, password)))
+    }
+
+    fn start_inner(mode: AuthMode, creds: Option<(&str, &str)>) -> Result<Registry> {
         let bin = registry_binary()?;
         let dir = tempdir("registry-")?.keep();
         let mut reg = Registry {
             dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             daemon: None,
+            creds: creds.map(|(u, p)| (u.to_string(), p.to_string())),
             token: None,
         };
         if let Some((user, password)) = creds {
-            reg.token = Some(TokenServer::start(user, password, &reg.dir)?);
+            match mode {
+                AuthMode::Token => {
+                    reg.token = Some(TokenServer::start(user, password, &reg.dir)?);
+                }
+                AuthMode::Basic => {
+                    // The minimum cost: the registry checks every request.
+                    let hash = bcrypt::hash(password, 4).context("hashing the password")?;
+                    std::fs::write(reg.dir.join("htpasswd"), format!("{user}:{hash}\n"))?;
+                }
+                AuthMode::None => {}
+            }
         }
         // The port is found free, then handed to the registry: another
         // process may take it in between, so a clash is retried.
@@ -127,13 +156,17 @@ impl Registry {
     }
 
     fn config_yaml(&self) -> String {
-        let auth = match &self.token {
-            Some(t) => format!(
+        let auth = match (&self.token, &self.creds) {
+            (Some(t), _) => format!(
                 "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {cert}\n",
                 realm = t.realm(),
                 cert = t.cert_path.display()
             ),
-            None => String::new(),
+            (None, Some(_)) => format!(
+                "auth:\n  htpasswd:\n    realm: {BASIC_REALM}\n    path: {}\n",
+                self.dir.join("htpasswd").display()
+            ),
+            (None, None) => String::new(),
         };
         format!(
             "version: 0.1\n\
@@ -203,16 +236,14 @@ impl Registry {
         format!("{}/{repo_tag}", self.addr)
     }
 
-    /// The user and password the token server accepts (token mode only).
+    /// The user and password it wants (token or basic mode).
     pub fn credentials(&self) -> Option<(&str, &str)> {
-        self.token
-            .as_ref()
-            .map(|t| (t.state.user.as_str(), t.state.password.as_str()))
+        self.creds.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
     }
 
     /// A Docker-style `config.json` holding this registry's credentials
     /// (`{"auths": {"127.0.0.1:PORT": {"auth": base64("user:password")}}}`),
-    /// as a kubelet or `docker login` would leave it; None without token auth.
+    /// as a kubelet or `docker login` would leave it; None without auth.
     pub fn docker_config_json(&self) -> Option<String> {
         let (u, p) = self.credentials()?;
         let auth = STANDARD.encode(format!("{u}:{p}"));
@@ -576,6 +607,9 @@ pub struct Client {
     creds: Option<(String, String)>,
     /// Bearer tokens by scope.
     tokens: Mutex<HashMap<String, String>>,
+    /// Set once the registry asked for Basic credentials: then they are
+    /// sent up front.
+    basic_wanted: std::sync::atomic::AtomicBool,
 }
 
 impl Client {
@@ -592,6 +626,7 @@ impl Client {
             base: base_url.trim_end_matches('/').to_string(),
             creds: creds.map(|(u, p)| (u.to_string(), p.to_string())),
             tokens: Mutex::new(HashMap::new()),
+            basic_wanted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -664,12 +699,15 @@ impl Client {
         } else {
             format!("{}{path}", self.base)
         };
-        let cached = self
-            .tokens
-            .lock()
-            .map_err(|_| anyhow!("token cache poisoned"))?
-            .get(scope)
-            .map(|t| format!("Bearer {t}"));
+        let cached = if self.basic_wanted.load(Ordering::Relaxed) {
+            self.basic()
+        } else {
+            self.tokens
+                .lock()
+                .map_err(|_| anyhow!("token cache poisoned"))?
+                .get(scope)
+                .map(|t| format!("Bearer {t}"))
+        };
         let resp = self.send(method, &url, headers, cached.as_deref(), body)?;
         if resp.status != 401 {
             return Ok(resp);
@@ -687,8 +725,11 @@ impl Client {
             format!("Bearer {token}")
         } else if challenge.starts_with("Basic ") {
             match self.basic() {
-                Some(b) => b,
-                None => return Ok(resp),
+                Some(b) if cached.is_none() => {
+                    self.basic_wanted.store(true, Ordering::Relaxed);
+                    b
+                }
+                _ => return Ok(resp),
             }
         } else {
             return Ok(resp);

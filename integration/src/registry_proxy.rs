@@ -246,6 +246,12 @@ fn proxy_conn(state: &State, conn: TcpStream) -> Result<()> {
     let mut w = conn.try_clone()?;
     let mut r = BufReader::new(conn);
     while let Some(head) = read_head(&mut r)? {
+        if head
+            .header("expect")
+            .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
+        {
+            w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
         let body = read_body(&mut r, &head)?;
         let [method, target, _] = head.start.clone();
         let head_only = method == "HEAD";

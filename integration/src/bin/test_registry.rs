@@ -2,10 +2,10 @@
 //! hand (`crictl pull`, `ctr image pull --plain-http`, `berth image pull`):
 //!
 //! cargo run -p berth-integration --bin test_registry -- \
-//!     [--token USER:PASSWORD] [--big] [--empty] [--proxy]
+//!     [--token USER:PASSWORD | --basic USER:PASSWORD] [--big] [--empty] [--proxy]
 //!
 //! Starts Debian's docker-registry on a free 127.0.0.1 port (in token mode
-//! with `--token`), pushes the images of `berth_integration::images`
+//! with `--token`, wanting HTTP Basic credentials with `--basic`), pushes the images of `berth_integration::images`
 //! (`--big` adds the ~100 MB `big:latest`, `--empty` pushes nothing),
 //! optionally starts the fault-injecting proxy in front of it, prints where
 //! everything is, and serves until stdin closes (Ctrl-D) or it is killed:
@@ -21,29 +21,39 @@ use berth_integration::registry::Registry;
 use berth_integration::registry_proxy::RegistryProxy;
 
 fn main() -> Result<()> {
-    let mut token = None;
+    let mut token: Option<(String, String)> = None;
+    let mut basic: Option<(String, String)> = None;
     let mut big = false;
     let mut proxy = false;
     let mut empty = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--token" => {
-                let v = args.next().context("--token needs USER:PASSWORD")?;
-                let (u, p) = v.split_once(':').context("--token needs USER:PASSWORD")?;
-                token = Some((u.to_string(), p.to_string()));
+            "--token" | "--basic" => {
+                let v = args.next().context("--token/--basic need USER:PASSWORD")?;
+                let (u, p) = v
+                    .split_once(':')
+                    .context("--token/--basic need USER:PASSWORD")?;
+                let creds = Some((u.to_string(), p.to_string()));
+                if a == "--token" {
+                    token = creds;
+                } else {
+                    basic = creds;
+                }
             }
             "--big" => big = true,
             "--proxy" => proxy = true,
             "--empty" => empty = true,
             other => bail!(
-                "unknown argument {other}\nusage: test_registry [--token USER:PASSWORD] [--big] [--empty] [--proxy]"
+                "unknown argument {other}\nusage: test_registry [--token|--basic USER:PASSWORD] [--big] [--empty] [--proxy]"
             ),
         }
     }
-    let reg = match &token {
-        Some((u, p)) => Registry::start_with_token_auth(u, p)?,
-        None => Registry::start()?,
+    let reg = match (&token, &basic) {
+        (Some(_), Some(_)) => bail!("--token and --basic exclude each other"),
+        (Some((u, p)), None) => Registry::start_with_token_auth(u, p)?,
+        (None, Some((u, p))) => Registry::start_with_basic_auth(u, p)?,
+        (None, None) => Registry::start()?,
     };
     let mut out = std::io::stdout().lock();
     writeln!(

@@ -351,7 +351,7 @@ fn http_conn(c: TcpStream) {
     let mut w = w;
     let mut r = BufReader::new(c);
     loop {
-        let req = match read_request(&mut r) {
+        let req = match read_request(&mut r, &mut w) {
             Ok(Some(req)) => req,
             Ok(None) => return,
             Err(e) => {
@@ -466,8 +466,9 @@ fn percent_decode(s: &str) -> Vec<u8> {
     out
 }
 
-/// Reads one request; None on a clean end of the connection.
-fn read_request(r: &mut impl BufRead) -> Result<Option<Request>, String> {
+/// Reads one request; None on a clean end of the connection. A client
+/// that sent `Expect: 100-continue` is told to go on through `w`.
+fn read_request(r: &mut impl BufRead, w: &mut impl Write) -> Result<Option<Request>, String> {
     let mut head = Vec::new();
     loop {
         let mut line = Vec::new();
@@ -517,6 +518,10 @@ fn read_request(r: &mut impl BufRead) -> Result<Option<Request>, String> {
         Some("HTTP/1.0") => conn.as_deref() != Some("keep-alive"),
         _ => conn.as_deref() == Some("close"),
     };
+    if header("expect").is_some_and(|e| e.eq_ignore_ascii_case("100-continue")) {
+        w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+    }
     let body = if header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
         read_chunked(r)?
     } else {
