@@ -267,20 +267,6 @@ impl<W: Write> TarWriter<W> {
         )
     }
 
-    /// Writes a header block exactly as given: a fixture for archives that
-    /// are broken on purpose (a size larger than the data that follows,
-    /// a bad checksum...). `data` follows, padded to a block.
-    pub fn append_raw_header(&mut self, header: &[u8; 512], data: &[u8]) -> Result<()> {
-        self.out.write_all(header)?;
-        self.write_data(data)
-    }
-
-    /// Raw bytes, for truncated archives.
-    pub fn append_raw_bytes(&mut self, bytes: &[u8]) -> Result<()> {
-        self.out.write_all(bytes)?;
-        Ok(())
-    }
-
     fn write_data(&mut self, data: &[u8]) -> Result<()> {
         self.out.write_all(data)?;
         let pad = (512 - data.len() % 512) % 512;

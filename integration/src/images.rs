@@ -8,7 +8,7 @@
 //! | [`busybox_docker`] | the same content, Docker schema2, all gzip |
 //! | [`testapp`] | scratch + the static test program; Entrypoint `/testapp`, serving HTTP 8080, TCP 9000, UDP 9001 |
 //! | [`multiarch`], [`multiarch_docker`] | an OCI index / Docker list: this machine's platform (busybox + `/etc/berth-platform`) and two foreign ones with only `/etc/berth-platform`, foreign first; the OCI one also has a buildx-style attestation manifest (unknown/unknown) |
-//! | [`zstd`] | busybox layers plus a zstd layer (`/etc/berth-zstd`) |
+//! | [`zstd()`] | busybox layers plus a zstd layer (`/etc/berth-zstd`) |
 //! | [`big`] | ~100 MB in several gzip layers of random data, for the pull benchmark (built on demand only) |
 //!
 //! [`push_standard`] pushes all but `big` under the names of
@@ -45,7 +45,7 @@ pub const XATTR_FILE: &str = "etc/berth-xattr";
 pub const HARDLINK: (&str, &str) = ("etc/motd-link", "etc/motd");
 /// Names each platform of [`multiarch`] writes its platform to.
 pub const PLATFORM_FILE: &str = "etc/berth-platform";
-/// Written by the zstd layer of [`zstd`].
+/// Written by the zstd layer of [`zstd()`].
 pub const ZSTD_FILE: &str = "etc/berth-zstd";
 pub const ZSTD_CONTENT: &str = "from a zstd layer\n";
 
@@ -449,6 +449,16 @@ pub fn evil(kind: EvilLayer) -> Result<Image> {
     let layers = vec![
         small_layer(&format!("evil {kind:?}"))?,
         evil_layer(kind, Compression::Gzip)?,
+    ];
+    Image::new(Format::Oci, &busybox_config(), layers)
+}
+
+/// A base layer and then a layer whose tar is cut short (see
+/// [`crate::oci::truncated_tar_layer`]); every digest matches.
+pub fn truncated_tar() -> Result<Image> {
+    let layers = vec![
+        small_layer("truncated tar")?,
+        crate::oci::truncated_tar_layer(Compression::Gzip)?,
     ];
     Image::new(Format::Oci, &busybox_config(), layers)
 }

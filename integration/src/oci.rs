@@ -12,7 +12,7 @@
 //!   tarball ([`write_docker_archive`]); pushing is
 //!   [`crate::registry::Client::push`].
 //! - Bad input: [`evil_layer`] (entries that point out of the layer),
-//!   [`huge_manifest`].
+//!   [`truncated_tar_layer`], [`huge_manifest`].
 //!
 //! Everything is deterministic (fixed times, sorted maps), so the same
 //! content gives the same digests in every test process.
@@ -957,6 +957,19 @@ pub fn evil_layer(kind: EvilLayer, compression: Compression) -> Result<Layer> {
         EvilLayer::HardlinkAbsolute => b.hardlink("shadow-link", "/etc/shadow"),
     };
     b.build(compression)
+}
+
+/// A layer whose tar stops in the middle of a file (the header announces
+/// 4096 bytes, 100 follow, no end-of-archive blocks); its digests match
+/// what it is, so only unpacking can fail.
+pub fn truncated_tar_layer(compression: Compression) -> Result<Layer> {
+    let whole = LayerBuilder::new()
+        .file("ok.txt", "fine\n")
+        .file("cut.bin", vec![b'x'; 4096])
+        .build(Compression::None)?;
+    // ok.txt: header + one data block; cut.bin: header + 100 bytes.
+    let cut = &whole.data[..512 * 3 + 100];
+    Layer::from_tar(cut, compression)
 }
 
 /// The manifest of `image` padded with an annotation to at least `size`

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 
-use crate::exec::Spawned;
+use crate::exec::{Spawned, spawn_daemon};
 use crate::rootfs::is_static_elf;
 use crate::runtime::{target_dir, workspace_root};
 use crate::workdir::base_dir;
@@ -101,7 +101,8 @@ impl Served {
             .args(["serve", "--bind", "127.0.0.1"])
             .args(args);
         let dir = base_dir().join(crate::workdir::unique_id("testapp"));
-        let process = Spawned::start(cmd, &dir)?;
+        // Tied to this process: it dies with it even if never dropped.
+        let process = spawn_daemon(cmd, &dir)?;
         let wanted = ["--http", "--tcp", "--udp"]
             .iter()
             .filter(|f| args.contains(f))

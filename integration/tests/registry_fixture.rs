@@ -763,6 +763,17 @@ fn bad_images_are_bad_as_intended() -> Result<()> {
             "{kind:?}: {listing}"
         );
     }
+    // A tar cut in the middle of a file: GNU tar fails on it too.
+    let cut = images::truncated_tar()?;
+    c.push("bad", "truncated-tar", &cut)?;
+    let tar_file = tempdir("cut-tar-")?;
+    let f = tar_file.path().join("cut.tar");
+    std::fs::write(&f, cut.layers[1].tar()?)?;
+    let out = Command::new("tar").arg("-tvf").arg(&f).output()?;
+    ensure!(!out.status.success(), "tar accepted a truncated archive");
+    ensure!(String::from_utf8_lossy(&out.stdout).contains("ok.txt"));
+    assert_eq!(sha256_digest(&cut.layers[1].tar()?), cut.layers[1].diff_id);
+
     let abs = tar_listing(&images::evil(EvilLayer::AbsolutePath)?.layers[1].tar()?)?;
     ensure!(abs.contains(" /etc/berth-evil"), "{abs}");
     Ok(())
