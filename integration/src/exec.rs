@@ -207,3 +207,54 @@ pub fn wait_until<T>(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Starts a daemon that dies with this process, even on `kill -9` of the
+/// test run: it gets `PR_SET_PDEATHSIG(SIGKILL)`. The signal follows the
+/// *thread* that forked, and test threads end, so the fork happens on one
+/// thread that lives as long as the process.
+pub fn spawn_daemon(mut cmd: Command, out_prefix: &Path) -> Result<Spawned> {
+    use std::sync::{Mutex, OnceLock};
+    type Job = Box<dyn FnOnce() + Send>;
+    static KEEPER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("daemon-keeper".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("cannot start the daemon-keeper thread");
+        Mutex::new(tx)
+    });
+    let (tx, rx) = mpsc::channel();
+    let out_prefix = out_prefix.to_path_buf();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(Spawned::start(cmd, &out_prefix));
+    });
+    keeper
+        .lock()
+        .map_err(|_| anyhow::anyhow!("daemon-keeper lock poisoned"))?
+        .send(job)
+        .map_err(|_| anyhow::anyhow!("daemon-keeper thread is gone"))?;
+    rx.recv()
+        .map_err(|_| anyhow::anyhow!("daemon-keeper thread dropped the job"))?
+}

@@ -1,98 +1,218 @@
-//! An OCI image layout tarball of a rootfs (uncompressed layer), for
-//! `ctr images import`; with the tar writer and SHA-256 it needs.
+//! A tar writer for image layers and archives, SHA-256, and the busybox OCI
+//! image tarball `ctr images import` reads.
+//!
+//! The tar writer is our own rather than the `tar` crate's because the
+//! bad-input tests need archives no well-behaved writer produces (`../`
+//! names, absolute paths, links out of the tree): names and link targets are
+//! written exactly as given. Names or link targets too long for the ustar
+//! header, large ids and extended attributes go into a PAX header.
 
+use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use anyhow::{Context, Result, ensure};
-use serde_json::json;
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
 
 /// SHA-256 of `data`, as lowercase hex.
 pub fn sha256_hex(data: &[u8]) -> String {
-    const K: [u32; 64] = [
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
-        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
-        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
-        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
-        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
-        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-        0xc67178f2,
-    ];
-    let mut h: [u32; 8] = [
-        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
-        0x5be0cd19,
-    ];
-    let mut msg = data.to_vec();
-    msg.push(0x80);
-    while msg.len() % 64 != 56 {
-        msg.push(0);
-    }
-    msg.extend_from_slice(&((data.len() as u64) * 8).to_be_bytes());
-    for chunk in msg.chunks_exact(64) {
-        let mut w = [0u32; 64];
-        for (i, word) in chunk.chunks_exact(4).enumerate() {
-            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-        }
-        for i in 16..64 {
-            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
-            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-            w[i] = w[i - 16]
-                .wrapping_add(s0)
-                .wrapping_add(w[i - 7])
-                .wrapping_add(s1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = h;
-        for i in 0..64 {
-            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
-            let ch = (e & f) ^ (!e & g);
-            let t1 = hh
-                .wrapping_add(s1)
-                .wrapping_add(ch)
-                .wrapping_add(K[i])
-                .wrapping_add(w[i]);
-            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
-            let maj = (a & b) ^ (a & c) ^ (b & c);
-            let t2 = s0.wrapping_add(maj);
-            hh = g;
-            g = f;
-            f = e;
-            e = d.wrapping_add(t1);
-            d = c;
-            c = b;
-            b = a;
-            a = t1.wrapping_add(t2);
-        }
-        for (x, y) in h.iter_mut().zip([a, b, c, d, e, f, g, hh]) {
-            *x = x.wrapping_add(y);
-        }
-    }
-    h.iter().map(|x| format!("{x:08x}")).collect()
+    hex(&Sha256::digest(data))
 }
 
-/// A minimal ustar writer (regular files, directories, symlinks).
-#[derive(Default)]
-pub struct TarWriter {
-    buf: Vec<u8>,
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Kinds of tar entries.
+/// The modification time entries get unless told otherwise: fixed, so the
+/// same content always gives the same digests, and not 0, so an unpacker
+/// that drops times is noticed.
+pub const DEFAULT_MTIME: u64 = 1_600_000_000;
+
+/// Kinds of tar entries (borrowed form, for [`TarWriter::append`]).
 pub enum TarEntry<'a> {
     Dir,
     File(&'a [u8]),
     Symlink(&'a str),
+    /// A hard link to an earlier entry (its name, as written in the archive).
+    Hardlink(&'a str),
 }
 
-impl TarWriter {
-    pub fn new() -> TarWriter {
+/// The kind and content of an [`Entry`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File(Vec<u8>),
+    Symlink(String),
+    Hardlink(String),
+    CharDev { major: u32, minor: u32 },
+    BlockDev { major: u32, minor: u32 },
+    Fifo,
+}
+
+/// One tar entry with all its metadata. `path` is written verbatim: it may
+/// be `../x` or `/x` on purpose.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub path: String,
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: u64,
+    /// Extended attributes (`user.x`, `security.capability`...), as PAX
+    /// `SCHILY.xattr.` records.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+impl Entry {
+    fn new(path: &str, kind: Kind, mode: u32) -> Entry {
+        Entry {
+            path: path.to_string(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: DEFAULT_MTIME,
+            xattrs: Vec::new(),
+        }
+    }
+
+    /// A directory, mode 0755.
+    pub fn dir(path: &str) -> Entry {
+        Entry::new(path, Kind::Dir, 0o755)
+    }
+
+    /// A regular file, mode 0644.
+    pub fn file(path: &str, data: impl Into<Vec<u8>>) -> Entry {
+        Entry::new(path, Kind::File(data.into()), 0o644)
+    }
+
+    pub fn symlink(path: &str, target: &str) -> Entry {
+        Entry::new(path, Kind::Symlink(target.to_string()), 0o777)
+    }
+
+    /// A hard link to `target`, the name of an earlier entry.
+    pub fn hardlink(path: &str, target: &str) -> Entry {
+        Entry::new(path, Kind::Hardlink(target.to_string()), 0o644)
+    }
+
+    pub fn char_dev(path: &str, major: u32, minor: u32) -> Entry {
+        Entry::new(path, Kind::CharDev { major, minor }, 0o666)
+    }
+
+    pub fn block_dev(path: &str, major: u32, minor: u32) -> Entry {
+        Entry::new(path, Kind::BlockDev { major, minor }, 0o660)
+    }
+
+    pub fn fifo(path: &str) -> Entry {
+        Entry::new(path, Kind::Fifo, 0o644)
+    }
+
+    /// Permission bits (and setuid/setgid/sticky).
+    pub fn mode(mut self, mode: u32) -> Entry {
+        self.mode = mode;
+        self
+    }
+
+    pub fn owner(mut self, uid: u32, gid: u32) -> Entry {
+        self.uid = uid;
+        self.gid = gid;
+        self
+    }
+
+    pub fn mtime(mut self, mtime: u64) -> Entry {
+        self.mtime = mtime;
+        self
+    }
+
+    pub fn xattr(mut self, name: &str, value: impl Into<Vec<u8>>) -> Entry {
+        self.xattrs.push((name.to_string(), value.into()));
+        self
+    }
+}
+
+/// A streaming ustar/PAX writer into any `Write` (a `Vec<u8>` by default).
+pub struct TarWriter<W: Write = Vec<u8>> {
+    out: W,
+}
+
+impl Default for TarWriter<Vec<u8>> {
+    fn default() -> Self {
+        TarWriter { out: Vec::new() }
+    }
+}
+
+impl TarWriter<Vec<u8>> {
+    pub fn new() -> TarWriter<Vec<u8>> {
         TarWriter::default()
     }
 
+    /// The archive with its two end-of-archive blocks.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.out.extend(std::iter::repeat_n(0u8, 1024));
+        self.out
+    }
+}
+
+/// The largest value an octal field of `len` bytes (with its NUL) holds.
+fn octal_max(len: usize) -> u64 {
+    (1u64 << (3 * (len as u32 - 1))) - 1
+}
+
+/// A PAX record: "<len> <key>=<value>\n", where len counts itself.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = rest + 1;
+    while len.to_string().len() + rest > len {
+        len += 1;
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
+}
+
+/// Splits a name into ustar (prefix, name) fields, if it fits.
+fn ustar_split(name: &str) -> Option<(&str, &str)> {
+    if name.len() <= 100 {
+        return Some(("", name));
+    }
+    // The name part must not be empty, so a directory's trailing '/' is no
+    // place to cut.
+    let cut = name
+        .char_indices()
+        .filter(|&(i, c)| c == '/' && i > 0 && i <= 155 && i + 1 < name.len())
+        .map(|(i, _)| i)
+        .find(|&i| name.len() - i - 1 <= 100)?;
+    Some((&name[..cut], &name[cut + 1..]))
+}
+
+/// The longest prefix of `s` of at most `n` bytes that ends on a char boundary.
+fn truncate(s: &str, n: usize) -> &str {
+    let mut end = s.len().min(n);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl<W: Write> TarWriter<W> {
+    /// A writer into `out` (e.g. a gzip encoder).
+    pub fn to_writer(out: W) -> TarWriter<W> {
+        TarWriter { out }
+    }
+
+    /// Writes the end-of-archive blocks and returns the inner writer.
+    pub fn into_inner(mut self) -> Result<W> {
+        self.out.write_all(&[0u8; 1024])?;
+        Ok(self.out)
+    }
+
     /// Appends an entry; names are relative ("bin/sh"), directories without
-    /// a trailing slash.
+    /// a trailing slash. Owners are numeric, the time is [`DEFAULT_MTIME`].
     pub fn append(
         &mut self,
         name: &str,
@@ -101,98 +221,244 @@ impl TarWriter {
         uid: u32,
         gid: u32,
     ) -> Result<()> {
-        let mut name = name.to_string();
-        if matches!(entry, TarEntry::Dir) {
-            name.push('/');
-        }
-        let (prefix, base) = if name.len() <= 100 {
-            ("", name.as_str())
+        let (kind, data, link): (u8, &[u8], &str) = match entry {
+            TarEntry::Dir => (b'5', &[], ""),
+            TarEntry::File(d) => (b'0', d, ""),
+            TarEntry::Symlink(t) => (b'2', &[], t),
+            TarEntry::Hardlink(t) => (b'1', &[], t),
+        };
+        let name = if kind == b'5' {
+            format!("{name}/")
         } else {
-            let cut = name[..name.len().min(155)]
-                .rfind('/')
-                .filter(|&i| name.len() - i - 1 <= 100)
-                .with_context(|| format!("tar path too long: {name}"))?;
-            (&name[..cut], &name[cut + 1..])
+            name.to_string()
         };
-        let mut h = [0u8; 512];
-        let put = |h: &mut [u8; 512], off: usize, len: usize, s: &[u8]| {
-            h[off..off + s.len().min(len)].copy_from_slice(&s[..s.len().min(len)]);
+        self.write_entry(
+            &name,
+            kind,
+            data,
+            link,
+            mode,
+            uid,
+            gid,
+            DEFAULT_MTIME,
+            (0, 0),
+            &[],
+        )
+    }
+
+    /// Appends an entry with all its metadata.
+    pub fn append_entry(&mut self, e: &Entry) -> Result<()> {
+        let (kind, data, link, dev): (u8, &[u8], &str, (u32, u32)) = match &e.kind {
+            Kind::Dir => (b'5', &[], "", (0, 0)),
+            Kind::File(d) => (b'0', d, "", (0, 0)),
+            Kind::Symlink(t) => (b'2', &[], t, (0, 0)),
+            Kind::Hardlink(t) => (b'1', &[], t, (0, 0)),
+            Kind::CharDev { major, minor } => (b'3', &[], "", (*major, *minor)),
+            Kind::BlockDev { major, minor } => (b'4', &[], "", (*major, *minor)),
+            Kind::Fifo => (b'6', &[], "", (0, 0)),
         };
-        let octal = |h: &mut [u8; 512], off: usize, len: usize, v: u64| {
-            let s = format!("{:0width$o}\0", v, width = len - 1);
-            h[off..off + len].copy_from_slice(s.as_bytes());
+        let name = if kind == b'5' && !e.path.ends_with('/') {
+            format!("{}/", e.path)
+        } else {
+            e.path.clone()
         };
-        put(&mut h, 0, 100, base.as_bytes());
-        octal(&mut h, 100, 8, u64::from(mode & 0o7777));
-        octal(&mut h, 108, 8, u64::from(uid));
-        octal(&mut h, 116, 8, u64::from(gid));
-        let (size, typeflag, link, data): (u64, u8, &str, &[u8]) = match entry {
-            TarEntry::Dir => (0, b'5', "", &[]),
-            TarEntry::File(d) => (d.len() as u64, b'0', "", d),
-            TarEntry::Symlink(t) => (0, b'2', t, &[]),
-        };
-        ensure!(link.len() <= 100, "symlink target too long: {link}");
-        octal(&mut h, 124, 12, size);
-        octal(&mut h, 136, 12, 0);
-        h[156] = typeflag;
-        put(&mut h, 157, 100, link.as_bytes());
-        put(&mut h, 257, 6, b"ustar\0");
-        put(&mut h, 263, 2, b"00");
-        put(&mut h, 265, 32, b"root");
-        put(&mut h, 297, 32, b"root");
-        put(&mut h, 345, 155, prefix.as_bytes());
-        h[148..156].fill(b' ');
-        let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-        let s = format!("{sum:06o}\0 ");
-        h[148..156].copy_from_slice(s.as_bytes());
-        self.buf.extend_from_slice(&h);
-        self.buf.extend_from_slice(data);
+        self.write_entry(
+            &name, kind, data, link, e.mode, e.uid, e.gid, e.mtime, dev, &e.xattrs,
+        )
+    }
+
+    fn write_data(&mut self, data: &[u8]) -> Result<()> {
+        self.out.write_all(data)?;
         let pad = (512 - data.len() % 512) % 512;
-        self.buf.extend(std::iter::repeat_n(0u8, pad));
+        self.out.write_all(&[0u8; 512][..pad])?;
         Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_entry(
+        &mut self,
+        name: &str,
+        typeflag: u8,
+        data: &[u8],
+        link: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        mtime: u64,
+        dev: (u32, u32),
+        xattrs: &[(String, Vec<u8>)],
+    ) -> Result<()> {
+        let mut pax = Vec::new();
+        let split = ustar_split(name);
+        if split.is_none() {
+            pax.extend(pax_record("path", name.as_bytes()));
+        }
+        if link.len() > 100 {
+            pax.extend(pax_record("linkpath", link.as_bytes()));
+        }
+        if u64::from(uid) > octal_max(8) {
+            pax.extend(pax_record("uid", uid.to_string().as_bytes()));
+        }
+        if u64::from(gid) > octal_max(8) {
+            pax.extend(pax_record("gid", gid.to_string().as_bytes()));
+        }
+        if mtime > octal_max(12) {
+            pax.extend(pax_record("mtime", mtime.to_string().as_bytes()));
+        }
+        for (k, v) in xattrs {
+            pax.extend(pax_record(&format!("SCHILY.xattr.{k}"), v));
+        }
+        if !pax.is_empty() {
+            let pax_name = format!("PaxHeaders/{}", name.rsplit('/').next().unwrap_or("x"));
+            let pax_name: String = pax_name.chars().take(100).collect();
+            let h = header(
+                ("", &pax_name),
+                b'x',
+                pax.len() as u64,
+                "",
+                0o644,
+                0,
+                0,
+                mtime.min(octal_max(12)),
+                (0, 0),
+            );
+            self.out.write_all(&h)?;
+            self.write_data(&pax)?;
+        }
+        // Without a PAX path, the ustar fields hold the whole name; with
+        // one, they hold a truncated copy for readers that ignore PAX.
+        let fields = split.unwrap_or(("", truncate(name, 100)));
+        let link_field = truncate(link, 100);
+        let h = header(
+            fields,
+            typeflag,
+            data.len() as u64,
+            link_field,
+            mode,
+            u32::try_from(u64::from(uid).min(octal_max(8))).unwrap_or(0),
+            u32::try_from(u64::from(gid).min(octal_max(8))).unwrap_or(0),
+            mtime.min(octal_max(12)),
+            dev,
+        );
+        self.out.write_all(&h)?;
+        self.write_data(data)
+            .with_context(|| format!("writing tar entry {name}"))
     }
 
     /// Appends a directory tree from disk below `prefix` ("" for the root),
-    /// in sorted order, keeping modes and owners.
+    /// in sorted order, keeping modes, owners and times (see [`read_tree`]).
     pub fn append_tree(&mut self, dir: &Path, prefix: &str) -> Result<()> {
-        let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let path = e.path();
-            let name = format!("{prefix}{}", e.file_name().to_string_lossy());
-            let meta = fs::symlink_metadata(&path)?;
-            let ft = meta.file_type();
-            if ft.is_dir() {
-                self.append(&name, TarEntry::Dir, meta.mode(), meta.uid(), meta.gid())?;
-                self.append_tree(&path, &format!("{name}/"))?;
-            } else if ft.is_symlink() {
-                let t = fs::read_link(&path)?;
-                self.append(
-                    &name,
-                    TarEntry::Symlink(&t.to_string_lossy()),
-                    0o777,
-                    meta.uid(),
-                    meta.gid(),
-                )?;
-            } else if ft.is_file() {
-                let data = fs::read(&path)?;
-                self.append(
-                    &name,
-                    TarEntry::File(&data),
-                    meta.mode(),
-                    meta.uid(),
-                    meta.gid(),
-                )?;
-            }
+        for e in read_tree(dir, prefix)? {
+            self.append_entry(&e)?;
         }
         Ok(())
     }
+}
 
-    /// The archive with its two end-of-archive blocks.
-    pub fn finish(mut self) -> Vec<u8> {
-        self.buf.extend(std::iter::repeat_n(0u8, 1024));
-        self.buf
+/// The entries of a directory tree on disk, below `prefix` ("" for the
+/// root), in sorted order, with modes, owners and times; files with several
+/// links become hard links to the first one listed.
+pub fn read_tree(dir: &Path, prefix: &str) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    read_tree_inner(dir, prefix, &mut HashMap::new(), &mut out)?;
+    Ok(out)
+}
+
+fn read_tree_inner(
+    dir: &Path,
+    prefix: &str,
+    seen: &mut HashMap<(u64, u64), String>,
+    out: &mut Vec<Entry>,
+) -> Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+        let meta = fs::symlink_metadata(&path)?;
+        let ft = meta.file_type();
+        let base = |kind| Entry {
+            path: name.clone(),
+            kind,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mtime: u64::try_from(meta.mtime()).unwrap_or(0),
+            xattrs: Vec::new(),
+        };
+        let rdev = meta.rdev();
+        let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+        if ft.is_dir() {
+            out.push(base(Kind::Dir));
+            read_tree_inner(&path, &format!("{name}/"), seen, out)?;
+        } else if ft.is_symlink() {
+            let t = fs::read_link(&path)?;
+            out.push(base(Kind::Symlink(t.to_string_lossy().into_owned())));
+        } else if ft.is_file() {
+            if meta.nlink() > 1 {
+                if let Some(first) = seen.get(&(meta.dev(), meta.ino())) {
+                    out.push(base(Kind::Hardlink(first.clone())));
+                    continue;
+                }
+                seen.insert((meta.dev(), meta.ino()), name.clone());
+            }
+            let data = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            out.push(base(Kind::File(data)));
+        } else if ft.is_char_device() {
+            out.push(base(Kind::CharDev { major, minor }));
+        } else if ft.is_block_device() {
+            out.push(base(Kind::BlockDev { major, minor }));
+        } else if ft.is_fifo() {
+            out.push(base(Kind::Fifo));
+        }
     }
+    Ok(())
+}
+
+/// One ustar header block.
+#[allow(clippy::too_many_arguments)]
+fn header(
+    (prefix, name): (&str, &str),
+    typeflag: u8,
+    size: u64,
+    link: &str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: u64,
+    (major, minor): (u32, u32),
+) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    let put = |h: &mut [u8; 512], off: usize, len: usize, s: &[u8]| {
+        let n = s.len().min(len);
+        h[off..off + n].copy_from_slice(&s[..n]);
+    };
+    let octal = |h: &mut [u8; 512], off: usize, len: usize, v: u64| {
+        let s = format!("{:0width$o}\0", v.min(octal_max(len)), width = len - 1);
+        h[off..off + len].copy_from_slice(s.as_bytes());
+    };
+    put(&mut h, 0, 100, name.as_bytes());
+    octal(&mut h, 100, 8, u64::from(mode & 0o7777));
+    octal(&mut h, 108, 8, u64::from(uid));
+    octal(&mut h, 116, 8, u64::from(gid));
+    octal(&mut h, 124, 12, size);
+    octal(&mut h, 136, 12, mtime);
+    h[156] = typeflag;
+    put(&mut h, 157, 100, link.as_bytes());
+    put(&mut h, 257, 6, b"ustar\0");
+    put(&mut h, 263, 2, b"00");
+    // uname/gname stay empty: GNU tar run as root would otherwise map them
+    // to local ids and ignore the numeric ones.
+    octal(&mut h, 329, 8, u64::from(major));
+    octal(&mut h, 337, 8, u64::from(minor));
+    put(&mut h, 345, 155, prefix.as_bytes());
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    let s = format!("{sum:06o}\0 ");
+    h[148..156].copy_from_slice(s.as_bytes());
+    h
 }
 
 /// The OCI architecture name of this machine.
@@ -210,67 +476,17 @@ pub fn oci_arch() -> &'static str {
 /// `out`, named `name` (e.g. "docker.io/library/berth-busybox:test").
 /// Returns the manifest digest.
 pub fn write_oci_archive(rootfs: &Path, name: &str, out: &Path) -> Result<String> {
-    let mut layer = TarWriter::new();
-    layer.append_tree(rootfs, "")?;
-    let layer = layer.finish();
-    let layer_digest = format!("sha256:{}", sha256_hex(&layer));
-    let config = serde_json::to_vec(&json!({
-        "architecture": oci_arch(),
-        "os": "linux",
-        "config": {
-            "Env": [crate::spec::DEFAULT_PATH],
-            "Cmd": ["sh"],
-            "WorkingDir": "/"
-        },
-        "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
-        "history": [ { "created_by": "berth-integration busybox fixture" } ]
-    }))?;
-    let config_digest = format!("sha256:{}", sha256_hex(&config));
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest,
-            "size": config.len()
-        },
-        "layers": [ {
-            "mediaType": "application/vnd.oci.image.layer.v1.tar",
-            "digest": layer_digest,
-            "size": layer.len()
-        } ]
-    }))?;
-    let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
-    let tag = name.rsplit_once(':').map(|(_, t)| t).unwrap_or("latest");
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "manifests": [ {
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest,
-            "size": manifest.len(),
-            "platform": { "architecture": oci_arch(), "os": "linux" },
-            "annotations": {
-                "io.containerd.image.name": name,
-                "org.opencontainers.image.ref.name": tag
-            }
-        } ]
-    }))?;
-
-    let mut tar = TarWriter::new();
-    tar.append(
-        "oci-layout",
-        TarEntry::File(br#"{"imageLayoutVersion":"1.0.0"}"#),
-        0o644,
-        0,
-        0,
-    )?;
-    tar.append("index.json", TarEntry::File(&index), 0o644, 0, 0)?;
-    tar.append("blobs", TarEntry::Dir, 0o755, 0, 0)?;
-    tar.append("blobs/sha256", TarEntry::Dir, 0o755, 0, 0)?;
-    for blob in [&layer, &config, &manifest] {
-        let name = format!("blobs/sha256/{}", sha256_hex(blob));
-        tar.append(&name, TarEntry::File(blob), 0o644, 0, 0)?;
-    }
-    fs::write(out, tar.finish()).with_context(|| format!("writing {}", out.display()))?;
-    Ok(manifest_digest)
+    use crate::oci::{Compression, Format, Image, ImageConfig, LayerBuilder};
+    let layer = LayerBuilder::new()
+        .tree(rootfs, "")?
+        .build(Compression::None)?;
+    let config = ImageConfig {
+        env: vec![crate::spec::DEFAULT_PATH.to_string()],
+        cmd: Some(vec!["sh".into()]),
+        working_dir: Some("/".into()),
+        ..ImageConfig::default()
+    };
+    let image = Image::new(Format::Oci, &config, vec![layer])?;
+    crate::oci::write_oci_archive(out, &[(name, &image)])?;
+    Ok(image.digest().to_string())
 }

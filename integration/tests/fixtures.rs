@@ -125,3 +125,80 @@ fn tar_writer_output_is_read_by_gnu_tar() -> Result<()> {
     assert_eq!(std::fs::read_to_string(dir.path().join(&long))?, "x");
     Ok(())
 }
+
+#[test]
+fn tar_writer_entries_with_pax_devices_and_links_are_read_by_gnu_tar() -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    use berth_integration::image::Entry;
+
+    let dir = tempdir("tar-pax-")?;
+    let long_path = format!("{}/{}", "d".repeat(120), "f".repeat(110));
+    let long_target = "t".repeat(150);
+    let mut t = TarWriter::new();
+    for e in [
+        Entry::dir("d").mode(0o750).owner(7, 8),
+        Entry::file("d/f", "data").mode(0o640).mtime(1_234_567_890),
+        Entry::hardlink("d/hard", "d/f"),
+        Entry::symlink("d/long-link", &long_target),
+        Entry::char_dev("d/null", 1, 3),
+        Entry::fifo("d/fifo"),
+        Entry::file("d/big-ids", "x").owner(3_000_000, 3_000_001),
+        Entry::file("d/xattr", "x").xattr("user.berth", "value"),
+        Entry::dir(&"d".repeat(120)),
+        Entry::file(&long_path, "long"),
+    ] {
+        t.append_entry(&e)?;
+    }
+    let tar = dir.path().join("t.tar");
+    std::fs::write(&tar, t.finish())?;
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir)?;
+    let out = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf"])
+        .arg(&tar)
+        .arg("-C")
+        .arg(&out_dir)
+        .output()?;
+    ensure!(out.status.success(), "tar -x failed: {out:?}");
+    let p = |n: &str| out_dir.join(n);
+    let d = std::fs::symlink_metadata(p("d"))?;
+    assert_eq!((d.mode() & 0o7777, d.uid(), d.gid()), (0o750, 7, 8));
+    let f = std::fs::symlink_metadata(p("d/f"))?;
+    assert_eq!((f.mode() & 0o7777, f.mtime()), (0o640, 1_234_567_890));
+    assert_eq!(std::fs::read_to_string(p("d/f"))?, "data");
+    assert_eq!(std::fs::symlink_metadata(p("d/hard"))?.ino(), f.ino());
+    assert_eq!(
+        std::fs::read_link(p("d/long-link"))?.to_string_lossy(),
+        long_target
+    );
+    let null = std::fs::symlink_metadata(p("d/null"))?;
+    ensure!(null.file_type().is_char_device());
+    assert_eq!((libc::major(null.rdev()), libc::minor(null.rdev())), (1, 3));
+    ensure!(
+        std::fs::symlink_metadata(p("d/fifo"))?
+            .file_type()
+            .is_fifo()
+    );
+    let ids = std::fs::symlink_metadata(p("d/big-ids"))?;
+    assert_eq!((ids.uid(), ids.gid()), (3_000_000, 3_000_001));
+    assert_eq!(std::fs::read_to_string(p(&long_path))?, "long");
+    let path = std::ffi::CString::new(p("d/xattr").to_string_lossy().as_bytes())?;
+    let mut buf = [0u8; 64];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given size.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            c"user.berth".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    ensure!(
+        n >= 0,
+        "no user.berth xattr: {}",
+        std::io::Error::last_os_error()
+    );
+    assert_eq!(&buf[..n as usize], b"value");
+    Ok(())
+}
