@@ -6,4 +6,5 @@
 //! own directory, and `snapshot` stacks layer directories into a container's
 //! overlay root filesystem.
 
+pub mod content;
 pub mod digest;
