@@ -214,6 +214,8 @@ pub struct ContentStore {
 }
 
 /// The outcome of [`ContentStore::ingest`].
+// One per blob, moved straight into a match: boxing the writer would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Ingest {
     /// The blob is already committed (perhaps by a concurrent writer we waited for).
     Present,

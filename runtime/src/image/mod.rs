@@ -8,3 +8,4 @@
 
 pub mod content;
 pub mod digest;
+pub mod layer;
