@@ -588,6 +588,9 @@ impl IngestWriter {
         let actual = self.hash_prefix()?.clone().finish();
         if actual != self.expected {
             let _ = fs::remove_file(&self.data_path);
+            if let Some(lock) = self.lock.take() {
+                remove_ingest_dir(&self.store.ingest_dir(&self.expected), lock);
+            }
             return Err(ContentError::Mismatch {
                 expected: self.expected.clone(),
                 actual,
@@ -738,6 +741,7 @@ mod tests {
         assert!(msg.contains("14 bytes"), "{msg}");
         assert!(!s.contains(&expected));
         assert!(blob_files(&s).is_empty());
+        assert_eq!(fs::read_dir(&s.ingest).unwrap().count(), 0);
         // The bad data is gone: a new attempt starts from zero.
         let w = writer(&s, &expected, Some(14));
         assert_eq!(w.offset(), 0);

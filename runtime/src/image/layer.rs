@@ -1084,20 +1084,24 @@ impl<'a> Unpacker<'a> {
 
     fn attrs<R: Read>(entry: &mut tar::Entry<'_, R>, cx: &Ctx<'_>) -> Result<Attrs, LayerError> {
         let h = entry.header();
-        let id = |r: io::Result<u64>, what| {
-            r.ok()
-                .and_then(|v| u32::try_from(v).ok())
-                .ok_or_else(|| cx.refuse(Refusal::BadField(what)))
+        let old = h.as_old();
+        // An empty numeric field (all NULs or spaces, as some writers leave
+        // them) is zero, as other tar readers take it.
+        let num = |r: io::Result<u64>, raw: &[u8], what| {
+            if raw.iter().all(|b| *b == 0 || *b == b' ') {
+                return Ok(0);
+            }
+            r.map_err(|_| cx.refuse(Refusal::BadField(what)))
         };
-        let uid = id(h.uid(), "uid")?;
-        let gid = id(h.gid(), "gid")?;
-        let mode = h.mode().map_err(|_| cx.refuse(Refusal::BadField("mode")))?;
-        let mode = Mode::from_bits_truncate(mode & 0o7777);
-        let secs = h
-            .mtime()
-            .ok()
-            .and_then(|v| i64::try_from(v).ok())
-            .ok_or_else(|| cx.refuse(Refusal::BadField("mtime")))?;
+        let id = |r, raw, what| {
+            u32::try_from(num(r, raw, what)?).map_err(|_| cx.refuse(Refusal::BadField(what)))
+        };
+        let uid = id(h.uid(), &old.uid, "uid")?;
+        let gid = id(h.gid(), &old.gid, "gid")?;
+        let mode = num(h.mode().map(u64::from), &old.mode, "mode")?;
+        let mode = Mode::from_bits_truncate((mode & 0o7777) as libc::mode_t);
+        let secs = i64::try_from(num(h.mtime(), &old.mtime, "mtime")?)
+            .map_err(|_| cx.refuse(Refusal::BadField("mtime")))?;
         let mut mtime = TimeSpec::new(secs, 0);
         let mut atime = None;
         let mut xattrs = Vec::new();

@@ -9,3 +9,4 @@
 pub mod content;
 pub mod digest;
 pub mod layer;
+pub mod snapshot;
