@@ -6,6 +6,9 @@
 //! own directory, and `snapshot` stacks layer directories into a container's
 //! overlay root filesystem.
 
+pub mod content;
 pub mod digest;
 pub mod reference;
 pub mod registry;
+pub mod layer;
+pub mod snapshot;
