@@ -1,6 +1,7 @@
 //! `berth`: one binary, a subcommand per component. Invoked as `berth-oci` it is
 //! the runc-compatible OCI runtime.
 
+mod image;
 mod log;
 mod oci;
 
@@ -16,7 +17,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The runc-compatible OCI runtime (also installed as `berth-oci`).
-    Oci(oci::Args),
+    Oci(Box<oci::Args>),
+    /// Images: pull, list, inspect, remove, import, export, prune.
+    Image(image::Args),
 }
 
 fn main() {
@@ -29,7 +32,8 @@ fn main() {
         oci::main(<oci::Args as Parser>::parse())
     } else {
         match Cli::parse().command {
-            Command::Oci(args) => oci::main(args),
+            Command::Oci(args) => oci::main(*args),
+            Command::Image(args) => image::main(args),
         }
     };
     std::process::exit(code);

@@ -119,7 +119,7 @@ fn busybox_layers() -> Result<&'static [LayerBuilder; 4]> {
     })
 }
 
-fn busybox_config() -> ImageConfig {
+pub fn busybox_config() -> ImageConfig {
     ImageConfig {
         env: vec![crate::spec::DEFAULT_PATH.to_string()],
         cmd: Some(vec!["sh".into()]),

@@ -48,6 +48,7 @@ pub mod containerd;
 pub mod exec;
 pub mod http;
 pub mod image;
+pub mod image_store;
 pub mod images;
 pub mod leak;
 pub mod oci;

@@ -333,6 +333,74 @@ impl ContentStore {
         Ok(actual)
     }
 
+    /// Stores a blob read from `r` (of `size` bytes if known), streaming; returns
+    /// its digest. With `expected`, goes through [`ContentStore::ingest`] and
+    /// refuses data that does not hash to it; without, hashes while writing a
+    /// temporary file that is renamed under the digest found.
+    pub fn write_from(
+        &self,
+        r: &mut impl io::Read,
+        expected: Option<&Digest>,
+        size: Option<u64>,
+    ) -> Result<Digest, ContentError> {
+        let mut buf = vec![0u8; 1 << 20];
+        if let Some(e) = expected {
+            match self.ingest(e, size)? {
+                Ingest::Present => {}
+                Ingest::Writer(mut w) => {
+                    w.truncate_to(0)?;
+                    loop {
+                        let n = r
+                            .read(&mut buf)
+                            .map_err(io_err("read", &self.ingest_dir(e)))?;
+                        if n == 0 {
+                            break;
+                        }
+                        w.write_all(&buf[..n])?;
+                    }
+                    w.commit()?;
+                }
+            }
+            return Ok(e.clone());
+        }
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .ingest
+            .join(format!(".import-{}-{n}", std::process::id()));
+        let result = (|| {
+            let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+            let mut d = super::digest::Digester::new();
+            loop {
+                let n = r.read(&mut buf).map_err(io_err("read", &tmp))?;
+                if n == 0 {
+                    break;
+                }
+                d.update(&buf[..n]);
+                io::Write::write_all(&mut f, &buf[..n]).map_err(io_err("write", &tmp))?;
+            }
+            if let Some(want) = size
+                && d.len() != want
+            {
+                return Err(ContentError::Io {
+                    op: "read",
+                    path: tmp.clone(),
+                    source: io::Error::other(format!("{} bytes, expected {want}", d.len())),
+                });
+            }
+            let digest = d.finish();
+            if !self.contains(&digest) {
+                f.sync_all().map_err(io_err("sync", &tmp))?;
+                let dest = self.path(&digest);
+                fs::rename(&tmp, &dest).map_err(io_err("rename", &dest))?;
+                sync_dir(&self.blobs).map_err(io_err("sync", &self.blobs))?;
+            }
+            Ok(digest)
+        })();
+        let _ = fs::remove_file(&tmp);
+        result
+    }
+
     fn ingest_dir(&self, d: &Digest) -> PathBuf {
         self.ingest.join(d.hex())
     }

@@ -6,9 +6,13 @@
 //! own directory, and `snapshot` stacks layer directories into a container's
 //! overlay root filesystem.
 
+pub mod archive;
 pub mod content;
 pub mod digest;
+pub mod layer;
+pub mod meta;
+pub mod pull;
 pub mod reference;
 pub mod registry;
-pub mod layer;
 pub mod snapshot;
+pub mod store;
