@@ -80,6 +80,8 @@ enum Command {
     },
     /// Delete blobs and layers that no image uses.
     Prune,
+    /// Space the image store takes (blobs and unpacked layers).
+    Df,
     /// Make a writable overlay root filesystem of an image, named NAME, and
     /// print where it is mounted (for a bundle's rootfs).
     Mount { image: String, name: String },
@@ -223,6 +225,15 @@ fn run(args: Args) -> Result<()> {
         }
         Command::Unmount { name } => {
             store.remove_rootfs(&name)?;
+        }
+        Command::Df => {
+            let u = store.usage()?;
+            println!(
+                "{} in {} inodes at {}",
+                human(u.bytes),
+                u.inodes,
+                args.root.display()
+            );
         }
         Command::Prune => {
             let r = store.gc()?;

@@ -569,6 +569,17 @@ fn remove_drops_every_tag_and_prune_collects_unused_blobs() -> Result<()> {
     ensure!(store.ids()?.len() == 1);
     store.ok(&["pull", &reg.reference("zstd:latest")])?;
     let before = store.blobs()?.len();
+    let df = |s: &ImageStore| -> Result<u64> {
+        let out = s.ok(&["df"])?;
+        out.stdout
+            .split(" in ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no inode count in {out}"))
+    };
+    let inodes_before = df(&store)?;
+    ensure!(inodes_before > 0);
 
     store.ok(&["rm", &reg.reference("again:v1")])?;
     let info = store.cmd(&["inspect", &reg.reference("busybox:latest")])?;
@@ -581,6 +592,7 @@ fn remove_drops_every_tag_and_prune_collects_unused_blobs() -> Result<()> {
     ensure!(after < before && after > 0, "{before} -> {after}");
     store.ok(&["rm", &reg.reference("zstd:latest")])?;
     ensure!(store.blobs()?.is_empty());
+    ensure!(df(&store)? < inodes_before);
     let pruned = store.ok(&["prune"])?;
     ensure!(pruned.stdout.contains("deleted 0 blob"), "{pruned}");
     let missing = store.fails(&["rm", "nothing:here"])?;

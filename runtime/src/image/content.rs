@@ -242,11 +242,36 @@ impl ContentStore {
         for d in [&blobs, &ingest] {
             fs::create_dir_all(d).map_err(io_err("create", d))?;
         }
-        Ok(ContentStore {
+        let store = ContentStore {
             blobs,
             ingest,
             root: root.to_path_buf(),
-        })
+        };
+        store.remove_dead_imports();
+        Ok(store)
+    }
+
+    /// Removes the temporary files of imports whose process is gone (the pid
+    /// is in the name: `.import-<pid>-<n>`).
+    fn remove_dead_imports(&self) {
+        let Ok(dir) = fs::read_dir(&self.ingest) else {
+            return;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(".import-"))
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+            if !alive {
+                let _ = fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Where the blob is (or would be) stored.
