@@ -1,3 +1,10 @@
-//! CNI plugins (bridge, host-local, portmap, loopback) and the CNI client that the runtime uses.
+//! Pod networking as CNI plugins (bridge, host-local, portmap, loopback) that
+//! any CNI-speaking runtime can run, and the CNI client berth's runtime uses.
 //!
-//! Empty until the pod networking issue: nothing here is used yet.
+//! - [`types`]: the wire format (configs, results, errors with the spec's codes);
+//! - [`protocol`]: the execution protocol around a [`protocol::Plugin`], shared
+//!   by the plugin executables and the in-process fast path.
+
+pub mod netns;
+pub mod protocol;
+pub mod types;
