@@ -51,6 +51,7 @@ pub mod image;
 pub mod image_store;
 pub mod images;
 pub mod leak;
+pub mod netns;
 pub mod oci;
 pub mod proc;
 pub mod registry;
