@@ -5,6 +5,7 @@
 //! - [`protocol`]: the execution protocol around a [`protocol::Plugin`], shared
 //!   by the plugin executables and the in-process fast path.
 
+pub mod invoke;
 pub mod netns;
 pub mod protocol;
 pub mod types;
