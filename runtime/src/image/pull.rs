@@ -246,7 +246,9 @@ impl ImageStore {
         // Unpack while downloading when the tar starts with this stream; a
         // resumed download is unpacked from the blob once it is whole.
         let live = !unpacked && stream.start == 0;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(32);
+        // A short queue: on a fast network the download outruns the unpacker,
+        // and every queued chunk is memory held (hyper's buffers are large).
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(4);
         let layers = self.layers().clone();
         let diff_id = l.diff_id.clone();
         let sink = tokio::task::spawn_blocking(move || -> Result<(), String> {
