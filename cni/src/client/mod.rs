@@ -21,7 +21,8 @@
 //! # Differences from libcni, on purpose
 //!
 //! - All plugins are looked up before an ADD runs any, so a missing one
-//!   fails the ADD with nothing configured.
+//!   fails the ADD with nothing configured; an ADD of an attachment that is
+//!   already complete is refused (its failure would undo the live one).
 //! - A failed ADD is undone here (DEL of the failed plugin and of all
 //!   before it, in reverse), not left to the caller.
 //! - The cache entry is written before the chain runs (marked incomplete),
@@ -40,7 +41,7 @@ pub mod config;
 
 use std::path::{Path, PathBuf};
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::invoke;
 use crate::protocol::{self, Command, Invocation, Plugin};
@@ -88,6 +89,14 @@ pub enum ClientError {
         "network {network}: container {container_id} interface {ifname} has no cached result (was it added?)"
     )]
     NotAttached {
+        network: String,
+        container_id: String,
+        ifname: String,
+    },
+    #[error(
+        "network {network}: container {container_id} interface {ifname} is already attached (DEL it first)"
+    )]
+    AlreadyAttached {
         network: String,
         container_id: String,
         ifname: String,
@@ -240,6 +249,17 @@ impl Client {
             .iter()
             .map(|p| self.resolve(net, p))
             .collect::<Result<Vec<_>, _>>()?;
+        // A failed second ADD would be undone by DELs that take the first
+        // one's interface and address with it.
+        if let Ok(Some(e)) = self.cache.read(&net.name, &att.container_id, &att.ifname)
+            && e.complete
+        {
+            return Err(ClientError::AlreadyAttached {
+                network: net.name.clone(),
+                container_id: att.container_id.clone(),
+                ifname: att.ifname.clone(),
+            });
+        }
         let mut entry = CacheEntry::new(
             &net.name,
             &att.container_id,
@@ -287,8 +307,10 @@ impl Client {
 
     /// DEL: runs the chain in reverse with the cached prevResult; a
     /// container never added (or already deleted, or whose netns is gone)
-    /// still gets its DELs, as libcni does, and succeeds if they do. The
-    /// cache entry goes once every plugin has succeeded.
+    /// still gets its DELs, as libcni does, and succeeds if they do. What
+    /// the caller leaves out (netns, CNI_ARGS, a capability arg) comes from
+    /// the cache; what it gives wins. The cache entry goes once every plugin
+    /// has succeeded.
     pub fn del(&self, net: &NetworkConfig, att: &Attachment) -> Result<(), ClientError> {
         validate_network(net)?;
         att.validate()?;
@@ -399,7 +421,9 @@ impl Client {
             let runner = self.resolve(net, p)?;
             if net.version_at_least("1.1.0") {
                 let stdin = net.plugin_stdin_gc(i, None);
-                self.exec(net, i, &runner, Command::Status, &none, stdin)?;
+                if let Err(e) = self.exec(net, i, &runner, Command::Status, &none, stdin) {
+                    return Err(self.explain_version(net, i, &runner, e));
+                }
             }
         }
         Ok(())
@@ -505,6 +529,65 @@ impl Client {
         }
         Attachment::new(container_id, None, ifname).validate()?;
         Ok(self.cache.read(network, container_id, ifname)?)
+    }
+
+    /// A plugin that predates the list's version answers a command it does
+    /// not know with some unrelated complaint (a 1.0 plugin asked for
+    /// STATUS misses CNI_CONTAINERID): replaces `e` with what VERSION says,
+    /// when the plugin does not support the list's version.
+    fn explain_version(
+        &self,
+        net: &NetworkConfig,
+        i: usize,
+        runner: &Runner,
+        e: ClientError,
+    ) -> ClientError {
+        let ClientError::Plugin {
+            network,
+            plugin,
+            index,
+            command,
+            ..
+        } = &e
+        else {
+            return e;
+        };
+        let stdin = json!({"cniVersion": net.cni_version});
+        let versions = self
+            .exec(
+                net,
+                i,
+                runner,
+                Command::Version,
+                &Attachment::default(),
+                Some(stdin),
+            )
+            .ok()
+            .flatten()
+            .and_then(|v| {
+                v.get("supportedVersions")?
+                    .as_array()?
+                    .iter()
+                    .map(|s| s.as_str().map(str::to_string))
+                    .collect::<Option<Vec<String>>>()
+            });
+        match versions {
+            Some(vs) if !vs.contains(&net.cni_version) => ClientError::Plugin {
+                network: network.clone(),
+                plugin: plugin.clone(),
+                index: *index,
+                command,
+                source: Box::new(CniError::new(
+                    code::INCOMPATIBLE_VERSION,
+                    format!(
+                        "plugin {plugin} supports CNI versions {}, not the list's {}",
+                        vs.join(", "),
+                        net.cni_version
+                    ),
+                )),
+            },
+            _ => e,
+        }
     }
 
     /// Undoes a failed ADD: DEL of `ran` (the failed plugin and those

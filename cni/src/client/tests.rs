@@ -209,6 +209,10 @@ fn add_chains_results_and_gives_each_plugin_its_capabilities() {
     assert!(log[2].stdin.get("runtimeConfig").is_none());
     assert_eq!(log[2].stdin["prevResult"], *prev);
 
+    let e = env.client().add(&net, &pod("c1")).unwrap_err();
+    assert!(matches!(e, ClientError::AlreadyAttached { .. }), "{e}");
+    assert!(take_log().is_empty());
+
     let cached = env
         .client()
         .cached_result("podnet", "c1", "eth0")
