@@ -3,8 +3,11 @@
 //!
 //! - [`types`]: the wire format (configs, results, errors with the spec's codes);
 //! - [`protocol`]: the execution protocol around a [`protocol::Plugin`], shared
-//!   by the plugin executables and the in-process fast path.
+//!   by the plugin executables and the in-process fast path;
+//! - [`client`]: the CNI client berth's runtime runs network config lists
+//!   with (config dir loading, chaining, the on-disk attachment cache).
 
+pub mod client;
 pub mod invoke;
 pub mod netns;
 pub mod protocol;
