@@ -3,9 +3,15 @@
 //!
 //! - [`types`]: the wire format (configs, results, errors with the spec's codes);
 //! - [`protocol`]: the execution protocol around a [`protocol::Plugin`], shared
-//!   by the plugin executables and the in-process fast path.
+//!   by the plugin executables and the in-process fast path;
+//! - [`plugins`]: the plugins themselves, by name; [`exec`]: a plugin as an
+//!   executable (berth invoked under the plugin's name);
+//! - [`ipam`]: delegation to the IPAM plugin of a config.
 
+pub mod exec;
 pub mod invoke;
+pub mod ipam;
 pub mod netns;
+pub mod plugins;
 pub mod protocol;
 pub mod types;
