@@ -1,6 +1,8 @@
 //! `berth`: one binary, a subcommand per component. Invoked as `berth-oci` it is
-//! the runc-compatible OCI runtime.
+//! the runc-compatible OCI runtime; invoked as `bridge`, `host-local`, ... (the
+//! links `berth cni install` makes) it is that CNI plugin.
 
+mod cni;
 mod image;
 mod log;
 mod oci;
@@ -20,6 +22,8 @@ enum Command {
     Oci(Box<oci::Args>),
     /// Images: pull, list, inspect, remove, import, export, prune.
     Image(image::Args),
+    /// CNI plugins: install them into a CNI bin dir.
+    Cni(cni::Args),
 }
 
 fn main() {
@@ -30,10 +34,13 @@ fn main() {
         .unwrap_or_default();
     let code = if name == "berth-oci" {
         oci::main(<oci::Args as Parser>::parse())
+    } else if berth_cni::plugins::NAMES.contains(&name.as_str()) {
+        berth_cni::exec::plugin_main(&name)
     } else {
         match Cli::parse().command {
             Command::Oci(args) => oci::main(*args),
             Command::Image(args) => image::main(args),
+            Command::Cni(args) => cni::main(args),
         }
     };
     std::process::exit(code);

@@ -5,10 +5,16 @@
 //! - [`protocol`]: the execution protocol around a [`protocol::Plugin`], shared
 //!   by the plugin executables and the in-process fast path;
 //! - [`client`]: the CNI client berth's runtime runs network config lists
-//!   with (config dir loading, chaining, the on-disk attachment cache).
+//!   with (config dir loading, chaining, the on-disk attachment cache);
+//! - [`plugins`]: the plugins themselves, by name; [`exec`]: a plugin as an
+//!   executable (berth invoked under the plugin's name);
+//! - [`ipam`]: delegation to the IPAM plugin of a config.
 
 pub mod client;
+pub mod exec;
 pub mod invoke;
+pub mod ipam;
 pub mod netns;
+pub mod plugins;
 pub mod protocol;
 pub mod types;

@@ -30,6 +30,11 @@ pub mod code {
     pub const RANGE_EXHAUSTED: u32 = 100;
     /// berth's own: a kernel (netlink, nftables) operation failed.
     pub const KERNEL: u32 = 101;
+    /// berth's own: CHECK found the state differs from what ADD set up.
+    pub const CHECK_MISMATCH: u32 = 102;
+    /// berth's own: a specifically requested IP address is held by another
+    /// container.
+    pub const ADDRESS_IN_USE: u32 = 103;
 }
 
 /// A CNI error result, the JSON a plugin prints (and exits non-zero with).

@@ -18,7 +18,10 @@
 //!   [`registry_proxy`]: a fault-injecting proxy in front of it;
 //! - [`images`]: the standard test images (busybox, testapp, multi-arch,
 //!   zstd, big) and bad ones; [`testapp`]: the static test program;
-//! - [`http`]: the bits of HTTP/1.1 the fixture servers need.
+//! - [`http`]: the bits of HTTP/1.1 the fixture servers need;
+//! - [`netns`]: network namespaces as nodes, pods and external hosts;
+//!   [`cni`]: berth's CNI plugins (linked by `berth cni install`) and the
+//!   reference ones, run as a runtime runs them.
 //!
 //! # Running
 //!
@@ -43,6 +46,7 @@
 pub mod bundle;
 pub mod caps;
 pub mod cgroup;
+pub mod cni;
 pub mod console;
 pub mod containerd;
 pub mod exec;

@@ -49,6 +49,21 @@ pub fn binary() -> Result<&'static Binary> {
         .map_err(|e| anyhow!("resolving the runtime under test: {e}"))
 }
 
+static BERTH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// berth itself, built once per process by `cargo build -p berth` whatever
+/// `BERTH_OCI` selects: for tests of parts only berth has (its CNI plugins).
+pub fn berth_binary() -> Result<&'static Path> {
+    BERTH
+        .get_or_init(|| {
+            build_berth()
+                .and_then(|p| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display())))
+                .map_err(|e| format!("{e:#}"))
+        })
+        .as_deref()
+        .map_err(|e| anyhow!("building berth: {e}"))
+}
+
 /// The workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,0 +1,31 @@
+//! berth's plugins, by the name they are installed (and invoked) under.
+
+pub mod host_local;
+pub mod loopback;
+
+use crate::protocol::Plugin;
+
+/// The plugins berth ships, as named in a CNI bin dir.
+pub const NAMES: &[&str] = &["host-local", "loopback"];
+
+/// The plugin installed as `name`.
+pub fn by_name(name: &str) -> Option<Box<dyn Plugin + Send + Sync>> {
+    match name {
+        "host-local" => Some(Box::new(host_local::HostLocal)),
+        "loopback" => Some(Box::new(loopback::Loopback)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_has_a_plugin() {
+        for n in NAMES {
+            assert!(by_name(n).is_some(), "{n}");
+        }
+        assert!(by_name("berth").is_none());
+    }
+}
