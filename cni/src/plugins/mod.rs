@@ -17,6 +17,12 @@ pub fn by_name(name: &str) -> Option<Box<dyn Plugin + Send + Sync>> {
     }
 }
 
+/// [`by_name`] in the shape of the client's in-process fast path
+/// ([`crate::client::BuiltinFn`]).
+pub fn builtin(name: &str) -> Option<Box<dyn Plugin>> {
+    by_name(name).map(|p| p as Box<dyn Plugin>)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
