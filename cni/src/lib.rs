@@ -3,9 +3,16 @@
 //!
 //! - [`types`]: the wire format (configs, results, errors with the spec's codes);
 //! - [`protocol`]: the execution protocol around a [`protocol::Plugin`], shared
-//!   by the plugin executables and the in-process fast path.
+//!   by the plugin executables and the in-process fast path;
+//! - [`plugins`]: the plugins themselves;
+//! - [`link`], [`nft`], [`netns`]: netlink, nftables and namespace helpers
+//!   they share; [`ipam`], [`invoke`]: running the IPAM and other plugins.
 
 pub mod invoke;
+pub mod ipam;
+pub mod link;
 pub mod netns;
+pub mod nft;
+pub mod plugins;
 pub mod protocol;
 pub mod types;

@@ -30,6 +30,9 @@ pub mod code {
     pub const RANGE_EXHAUSTED: u32 = 100;
     /// berth's own: a kernel (netlink, nftables) operation failed.
     pub const KERNEL: u32 = 101;
+    /// berth's own: CHECK found the container's network not as its
+    /// prevResult describes it.
+    pub const CHECK_FAILED: u32 = 102;
 }
 
 /// A CNI error result, the JSON a plugin prints (and exits non-zero with).
