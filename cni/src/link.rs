@@ -19,9 +19,10 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+pub use netlink_packet_route::link::BridgePortState;
 use netlink_packet_route::link::{
-    BridgePortState, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
@@ -102,8 +103,10 @@ pub struct Link {
     pub peer_index: Option<u32>,
     /// For a bridge port, whether hairpin mode is on.
     pub hairpin: Option<bool>,
-    /// For a bridge port, whether it forwards (STP state "forwarding").
-    pub port_forwarding: Option<bool>,
+    /// For a bridge port, its STP state (disabled until the kernel has
+    /// seen the port's carrier, then forwarding; or listening and learning
+    /// first on a bridge running STP).
+    pub port_state: Option<BridgePortState>,
 }
 
 impl Link {
@@ -119,7 +122,7 @@ impl Link {
             controller: None,
             peer_index: None,
             hairpin: None,
-            port_forwarding: None,
+            port_state: None,
         };
         for a in &m.attributes {
             match a {
@@ -136,10 +139,7 @@ impl Link {
                                 for p in port {
                                     match p {
                                         InfoBridgePort::HairpinMode(h) => l.hairpin = Some(*h),
-                                        InfoBridgePort::State(s) => {
-                                            l.port_forwarding =
-                                                Some(*s == BridgePortState::Forwarding)
-                                        }
+                                        InfoBridgePort::State(s) => l.port_state = Some(*s),
                                         _ => {}
                                     }
                                 }

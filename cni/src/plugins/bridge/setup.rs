@@ -154,10 +154,7 @@ pub fn add(c: &BridgeConf, inv: &Invocation, raw: &Value) -> Result<CniResult, C
         veth: None,
         masq: None,
     };
-    let mut result = CniResult {
-        cni_version: String::new(),
-        ..Default::default()
-    };
+    let mut result = CniResult::default();
     if let Some(t) = c.ipam_type.as_deref() {
         let v = ipam::delegate(t, Command::Add, inv, raw)?.ok_or_else(|| {
             CniError::new(
@@ -189,10 +186,7 @@ pub fn add(c: &BridgeConf, inv: &Invocation, raw: &Value) -> Result<CniResult, C
         }
     };
     match add_links(c, inv, ns_path, &ns_file, &nl, &mut result, &mut undo) {
-        Ok(()) => {
-            result.cni_version = String::new();
-            Ok(result)
-        }
+        Ok(()) => Ok(result),
         Err(e) => {
             undo.run(Some(&nl));
             Err(e)
@@ -305,8 +299,11 @@ fn add_links<'a>(
         add_masquerade(&result.ips, &comment)?;
     }
 
-    if !result.ips.is_empty() {
-        announce(nl, host.index, ns_path, &inv.ifname)?;
+    if !result.ips.is_empty()
+        && let Err(e) = announce(nl, host.index, ns_path, &inv.ifname)
+    {
+        // Only a cache refresh: the pod works without it.
+        tracing::warn!(error = %e, "announcing the pod's addresses");
     }
 
     // Read again: the bridge's address may have changed as the port joined.
@@ -420,7 +417,7 @@ fn configure_pod(ifname: &str, ips: &[IpConfig], routes: &[Route]) -> Result<Str
         source: rtnetlink::Error::RequestFailed,
     })?;
     // Have the kernel announce the addresses when the link's address is set
-    // ([`announce`]): gratuitous ARP, unsolicited neighbour advertisement.
+    // (see announce): gratuitous ARP, unsolicited neighbour advertisement.
     if ips.iter().any(|i| i.address.addr().is_ipv4()) {
         link::sysctl_set(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")?;
     }
@@ -489,21 +486,25 @@ fn configure_pod(ifname: &str, ips: &[IpConfig], routes: &[Route]) -> Result<Str
 /// expires (tens of seconds).
 ///
 /// The kernel sends the announcements (arp_notify, ndisc_notify) when the
-/// interface comes up or its MAC is set, but the host end's bridge port
-/// starts forwarding only once the kernel's link watcher has seen its
-/// carrier, so announcing as the link comes up would be lost: wait for the
-/// port to forward, then set the pod interface's MAC again.
+/// interface comes up or its MAC is set, but the host end's bridge port is
+/// enabled only once the kernel's link watcher has seen its carrier (soon:
+/// veth carrier changes are handled at once), so announcing as the link
+/// comes up would be lost: wait for the port to leave the disabled state,
+/// then set the pod interface's MAC again. (On a bridge running STP the
+/// port then listens and learns for a while; nothing is waited for there.)
 fn announce(nl: &Netlink, host: u32, ns_path: &Path, ifname: &str) -> Result<(), CniError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     loop {
         let l = nl.link_by_index(host).map_err(link_err)?;
-        if l.as_ref().and_then(|l| l.port_forwarding) == Some(true) {
+        if l.and_then(|l| l.port_state)
+            .is_some_and(|s| s != link::BridgePortState::Disabled)
+        {
             break;
         }
         if std::time::Instant::now() >= deadline {
             tracing::warn!(
                 veth = host,
-                "the bridge port does not forward yet; not announcing the pod's addresses"
+                "the bridge port is still disabled; not announcing the pod's addresses"
             );
             return Ok(());
         }
