@@ -11,19 +11,23 @@ use crate::plugins::host_local::HostLocal;
 use crate::protocol::{self, Command, Invocation};
 use crate::types::{CniError, CniResult, code};
 
-/// Runs the IPAM plugin of `raw_config` for `command` (ADD gives a result;
-/// DEL, CHECK, STATUS and GC give `None`).
-pub fn delegate(
-    command: Command,
-    inv: &Invocation,
-    raw_config: &Value,
-) -> Result<Option<CniResult>, CniError> {
-    let ipam_type = raw_config
+/// The IPAM plugin a config names (`ipam.type`), if any.
+pub fn ipam_type(raw_config: &Value) -> Option<&str> {
+    raw_config
         .get("ipam")
         .and_then(|i| i.get("type"))
         .and_then(Value::as_str)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "ipam.type is missing"))?;
+}
+
+/// Runs IPAM plugin `ipam_type` for `command` with the main plugin's config
+/// and returns what it printed (ADD: its result; otherwise usually nothing).
+pub fn delegate_raw(
+    ipam_type: &str,
+    command: Command,
+    inv: &Invocation,
+    raw_config: &Value,
+) -> Result<Option<Value>, CniError> {
     let stdin = serde_json::to_vec(raw_config).map_err(|e| {
         CniError::new(code::IO_FAILURE, "cannot encode the IPAM config").with_details(e.to_string())
     })?;
@@ -32,7 +36,7 @@ pub fn delegate(
         stdin,
         ..inv.clone()
     };
-    let value = if ipam_type == "host-local" {
+    if ipam_type == "host-local" {
         let out = protocol::run(&HostLocal, &inv);
         if out.exit_code != 0 {
             return Err(
@@ -46,17 +50,29 @@ pub fn delegate(
             );
         }
         if out.stdout.is_empty() {
-            None
-        } else {
-            Some(serde_json::from_slice::<Value>(&out.stdout).map_err(|e| {
+            return Ok(None);
+        }
+        return serde_json::from_slice::<Value>(&out.stdout)
+            .map(Some)
+            .map_err(|e| {
                 CniError::new(code::DECODE_FAILURE, "host-local printed no JSON result")
                     .with_details(e.to_string())
-            })?)
-        }
-    } else {
-        let exe = invoke::find(ipam_type, &inv.path)?;
-        invoke::run(&exe, &inv, raw_config)?
-    };
+            });
+    }
+    let exe = invoke::find(ipam_type, &inv.path)?;
+    invoke::run(&exe, &inv, raw_config)
+}
+
+/// Runs the IPAM plugin of `raw_config` for `command` (ADD gives a result;
+/// DEL, CHECK, STATUS and GC give `None`).
+pub fn delegate(
+    command: Command,
+    inv: &Invocation,
+    raw_config: &Value,
+) -> Result<Option<CniResult>, CniError> {
+    let ipam_type = ipam_type(raw_config)
+        .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "ipam.type is missing"))?;
+    let value = delegate_raw(ipam_type, command, inv, raw_config)?;
     match (command, value) {
         (Command::Add, Some(v)) => CniResult::from_value(&v).map(Some),
         (Command::Add, None) => Err(CniError::new(

@@ -9,12 +9,16 @@
 //! - [`plugins`]: the plugins themselves, by name; [`exec`]: a plugin as an
 //!   executable (berth invoked under the plugin's name);
 //! - [`ipam`]: delegation to the IPAM plugin of a config.
+//! - [`link`], [`nft`], [`netns`]: netlink, nftables and namespace helpers
+//!   the plugins share; [`invoke`]: running plugin executables.
 
 pub mod client;
 pub mod exec;
 pub mod invoke;
 pub mod ipam;
+pub mod link;
 pub mod netns;
+pub mod nft;
 pub mod plugins;
 pub mod protocol;
 pub mod types;

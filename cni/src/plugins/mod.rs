@@ -1,16 +1,18 @@
 //! berth's plugins, by the name they are installed (and invoked) under.
 
+pub mod bridge;
 pub mod host_local;
 pub mod loopback;
 
 use crate::protocol::Plugin;
 
 /// The plugins berth ships, as named in a CNI bin dir.
-pub const NAMES: &[&str] = &["host-local", "loopback"];
+pub const NAMES: &[&str] = &["bridge", "host-local", "loopback"];
 
 /// The plugin installed as `name`.
 pub fn by_name(name: &str) -> Option<Box<dyn Plugin + Send + Sync>> {
     match name {
+        "bridge" => Some(Box::new(bridge::Bridge)),
         "host-local" => Some(Box::new(host_local::HostLocal)),
         "loopback" => Some(Box::new(loopback::Loopback)),
         _ => None,
