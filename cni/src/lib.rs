@@ -7,5 +7,6 @@
 
 pub mod invoke;
 pub mod netns;
+pub mod plugins;
 pub mod protocol;
 pub mod types;
