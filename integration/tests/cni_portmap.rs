@@ -357,6 +357,161 @@ fn hostports_from_everywhere_then_del() -> Result<()> {
 }
 
 #[test]
+fn a_udp_flow_seen_before_add_reaches_the_pod() -> Result<()> {
+    let node = node()?;
+    let pod = pod(&node, 2)?;
+    // With our NAT chains in place (another container's mapping), the
+    // first packet gets a conntrack entry that says "no NAT".
+    let other = conf(
+        "1.0.0",
+        "pmnet",
+        json!([{"hostPort": 8083, "containerPort": 80, "protocol": "udp"}]),
+        Some(pod.prev_result()),
+        json!({}),
+    );
+    ok(
+        &node.ns,
+        invocation(
+            Command::Add,
+            &unique_id("pmo"),
+            Some(&pod.ns.path()),
+            &other,
+        ),
+    )?;
+    // One client socket throughout, as a resolver retrying from a fixed port.
+    let sock = netns::run_in(&node.ext.path(), || UdpSocket::bind("0.0.0.0:0"))??;
+    sock.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let target = sa(NODE_EXT4, 8082);
+    let mut buf = [0u8; 64];
+    sock.send_to(b"early", target)?;
+    assert!(sock.recv_from(&mut buf).is_err(), "nothing serves 8082 yet");
+
+    let id = unique_id("pmu");
+    let add = conf(
+        "1.0.0",
+        "pmnet",
+        json!([{"hostPort": 8082, "containerPort": 80, "protocol": "udp"}]),
+        Some(pod.prev_result()),
+        json!({}),
+    );
+    ok(
+        &node.ns,
+        invocation(Command::Add, &id, Some(&pod.ns.path()), &add),
+    )?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    sock.send_to(b"later", target)?;
+    let (n, _) = sock
+        .recv_from(&mut buf)
+        .context("the flow that predates the mapping still misses the pod")?;
+    assert_eq!(&buf[..n], b"later");
+    Ok(())
+}
+
+#[test]
+fn concurrent_adds_and_dels_keep_every_rule_apart() -> Result<()> {
+    let node = node()?;
+    let n = 16u16;
+    let attach = |i: u16| {
+        let id = format!("pmconc-{}-{i}", std::process::id());
+        let prev = json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "sandbox": "/run/netns/none"}],
+            "ips": [{"address": format!("10.22.0.{}/24", 10 + i), "interface": 0}],
+        });
+        let c = conf(
+            "1.1.0",
+            "pmnet",
+            json!([{"hostPort": 9000 + i, "containerPort": 80}]),
+            Some(prev),
+            json!({}),
+        );
+        (id, c)
+    };
+    let all = |command: Command| -> Result<()> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|i| {
+                    let node = &node;
+                    s.spawn(move || {
+                        let (id, c) = attach(i);
+                        ok(
+                            &node.ns,
+                            invocation(command, &id, Some(Path::new("/run/netns/none")), &c),
+                        )
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().map_err(|_| anyhow!("a thread panicked"))??;
+            }
+            Ok(())
+        })
+    };
+    all(Command::Add)?;
+    // Per attachment: hairpin, localhost, dnat, masquerade.
+    assert_eq!(
+        comment_count(&node.ns),
+        4 * usize::from(n),
+        "{}",
+        rules(&node.ns)
+    );
+    all(Command::Check)?;
+    let listing = rules(&node.ns);
+    assert_eq!(listing.matches("jump hostports").count(), 2, "{listing}");
+    all(Command::Del)?;
+    assert_eq!(comment_count(&node.ns), 0, "{}", rules(&node.ns));
+    Ok(())
+}
+
+#[test]
+fn route_localnet_does_not_open_the_nodes_localhost_to_pods() -> Result<()> {
+    let node = node()?;
+    let pod = pod(&node, 2)?;
+    let id = unique_id("pml");
+    let add = conf(
+        "1.0.0",
+        "pmnet",
+        json!([{"hostPort": 8080, "containerPort": 80}]),
+        Some(pod.prev_result()),
+        json!({}),
+    );
+    ok(
+        &node.ns,
+        invocation(Command::Add, &id, Some(&pod.ns.path()), &add),
+    )?;
+    // A node service on localhost only.
+    let secret = netns::run_in(&node.ns.path(), || UdpSocket::bind("127.0.0.1:7777"))??;
+    secret.set_read_timeout(Some(Duration::from_millis(500)))?;
+    // A hostile pod routes 127.0.0.1 to the node (br0 accepts such packets
+    // now that route_localnet is on there).
+    pod.ns
+        .sh("ip route del local 127.0.0.1 dev lo table local \
+         && ip route del local 127.0.0.0/8 dev lo table local \
+         && sysctl -qw net.ipv4.conf.eth0.route_localnet=1 \
+         && ip route add 127.0.0.1/32 via 10.22.0.1 dev eth0")?;
+    let send = || -> Result<()> {
+        netns::run_in(&pod.ns.path(), || -> Result<()> {
+            UdpSocket::bind("10.22.0.2:0")?.send_to(b"steal", "127.0.0.1:7777")?;
+            Ok(())
+        })?
+    };
+    let mut buf = [0u8; 16];
+    send()?;
+    assert!(
+        secret.recv_from(&mut buf).is_err(),
+        "a pod reached the node's localhost"
+    );
+    // Without the guard the same packet gets in: the test can tell.
+    node.ns.sh("nft flush chain inet berth-portmap input")?;
+    send()?;
+    assert!(
+        secret.recv_from(&mut buf).is_ok(),
+        "the test setup does not route to the node"
+    );
+    Ok(())
+}
+
+#[test]
 fn del_removes_only_its_own_rules() -> Result<()> {
     let node = node()?;
     let a = pod(&node, 2)?;

@@ -141,35 +141,54 @@ impl Portmap {
             last.map(|e| e.to_string()).unwrap_or_default(),
         ))
     }
+}
 
-    /// Parses what ADD and CHECK need: the config, prevResult, the pod's
-    /// addresses and the rules.
-    fn prepare(
-        inv: &Invocation,
-        conf: &NetConf,
-        command: &str,
-    ) -> Result<(PortmapConf, CniResult, Vec<IpAddr>, Tag, Vec<Planned>), CniError> {
+/// What ADD and CHECK work from.
+struct Prepared {
+    conf: PortmapConf,
+    prev: CniResult,
+    pods: Vec<IpAddr>,
+    tag: Tag,
+    planned: Vec<Planned>,
+}
+
+impl Prepared {
+    /// Parses the config, prevResult and the pod's addresses, and plans
+    /// the rules.
+    fn new(inv: &Invocation, conf: &NetConf, command: &str) -> Result<Self, CniError> {
         let pm = PortmapConf::parse(conf)?;
         let prev = config::prev_result(conf, command)?;
         let pods = config::pod_ips(&prev);
         let tag = Tag::new(&conf.name, &inv.container_id, &inv.ifname);
-        if pm.mappings.is_empty() {
-            return Ok((pm, prev, pods, tag, Vec::new()));
-        }
-        if pods.is_empty() {
+        let planned = if pm.mappings.is_empty() {
+            Vec::new()
+        } else if pods.is_empty() {
             return Err(CniError::new(
                 code::INVALID_CONFIG,
                 "prevResult has no address inside the pod to forward hostPorts to",
             ));
-        }
-        let planned = rules::plan(&pm, &pods, &tag)?;
-        Ok((pm, prev, pods, tag, planned))
+        } else {
+            rules::plan(&pm, &pods, &tag)?
+        };
+        Ok(Prepared {
+            conf: pm,
+            prev,
+            pods,
+            tag,
+            planned,
+        })
     }
 }
 
 impl Plugin for Portmap {
     fn add(&self, inv: &Invocation, conf: &NetConf, _raw: &Value) -> Result<CniResult, CniError> {
-        let (pm, prev, pods, tag, planned) = Self::prepare(inv, conf, "ADD")?;
+        let Prepared {
+            conf: pm,
+            prev,
+            pods,
+            tag,
+            planned,
+        } = Prepared::new(inv, conf, "ADD")?;
         if planned.is_empty() {
             return Ok(prev);
         }
@@ -220,7 +239,13 @@ impl Plugin for Portmap {
     }
 
     fn check(&self, inv: &Invocation, conf: &NetConf, _raw: &Value) -> Result<(), CniError> {
-        let (pm, _prev, pods, tag, planned) = Self::prepare(inv, conf, "CHECK")?;
+        let Prepared {
+            conf: pm,
+            pods,
+            tag,
+            planned,
+            ..
+        } = Prepared::new(inv, conf, "CHECK")?;
         let mismatch = |msg: String| CniError::new(CHECK_MISMATCH, msg);
         let listing = self.list()?;
         let listing = match (listing, planned.is_empty()) {
@@ -248,6 +273,18 @@ impl Plugin for Portmap {
                     rules::HOSTPORTS
                 )));
             }
+        }
+        let guarded = listing.rules_in(rules::INPUT).any(|r| {
+            r.expr
+                .as_array()
+                .is_some_and(|stmts| stmts.iter().any(|s| s.get("drop").is_some()))
+        });
+        if !guarded {
+            return Err(mismatch(format!(
+                "chain {} of table inet {} lacks its guard of 127.0.0.0/8",
+                rules::INPUT,
+                rules::TABLE
+            )));
         }
         let mine = |t: &Tag| *t == tag;
         let mut have: Vec<(String, String)> = Self::owned(&listing, &mine)

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use nftables::batch::Batch;
 use nftables::expr::{
-    BinaryOperation, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload,
-    PayloadField, Prefix,
+    BinaryOperation, CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression,
+    Payload, PayloadField, Prefix, SetItem,
 };
 use nftables::helper::{self, NftablesError};
 use nftables::schema::{Chain, FlushObject, NfCmd, NfListObject, Rule, Table};
@@ -317,6 +317,34 @@ pub fn payload(protocol: &str, field: &str) -> Expression<'static> {
 
 pub fn meta(key: MetaKey) -> Expression<'static> {
     Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+/// A conntrack key of the packet's entry, e.g. `ct("state")`.
+pub fn ct(key: &str) -> Expression<'static> {
+    Expression::Named(NamedExpression::CT(CT {
+        key: Cow::Owned(key.to_string()),
+        family: None,
+        dir: None,
+    }))
+}
+
+/// An anonymous set, e.g. `{ established, related }`.
+pub fn set(items: Vec<Expression<'static>>) -> Expression<'static> {
+    Expression::Named(NamedExpression::Set(
+        items.into_iter().map(SetItem::Element).collect(),
+    ))
+}
+
+/// `left & bits == 0`: none of the flags in `bits` is set.
+pub fn flags_clear(left: Expression<'static>, bits: Expression<'static>) -> Statement<'static> {
+    eq(
+        Expression::BinaryOperation(Box::new(BinaryOperation::AND(left, bits))),
+        number(0),
+    )
+}
+
+pub fn drop() -> Statement<'static> {
+    Statement::Drop(None)
 }
 
 pub fn string(s: &str) -> Expression<'static> {

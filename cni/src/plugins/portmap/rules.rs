@@ -11,8 +11,17 @@
 //!       dnat:      [ip daddr HOSTIP] tcp dport HP [mark |= M if masqAll] dnat ip to POD:CP }
 //!   chain postrouting { type nat hook postrouting priority srcnat;
 //!       per pod address: ip daddr POD mark & M == M masquerade }
+//!   chain input       { type filter hook input priority filter;
+//!       iif != lo ip daddr 127.0.0.0/8 ip saddr != 127.0.0.0/8
+//!       ct state != { established, related } ct status & dnat == 0 drop }
 //! }
 //! ```
+//!
+//! The `input` guard is the other half of `route_localnet`: with it on,
+//! the kernel stops treating packets *to* 127.0.0.0/8 arriving on that
+//! interface as martians, so a pod could reach the node's services bound
+//! to localhost (CVE-2020-8558). Only replies to our localhost hostPort
+//! connections (established) and DNATed traffic may pass.
 //!
 //! The base chains hold only the jumps; every other rule belongs to one
 //! attachment and carries a comment that starts with its [`Tag`], so DEL
@@ -39,6 +48,7 @@ pub const PREROUTING: &str = "prerouting";
 pub const OUTPUT: &str = "output";
 pub const POSTROUTING: &str = "postrouting";
 pub const HOSTPORTS: &str = "hostports";
+pub const INPUT: &str = "input";
 /// The chains that hold attachments' rules.
 pub const RULE_CHAINS: [&str; 2] = [HOSTPORTS, POSTROUTING];
 
@@ -206,8 +216,7 @@ fn mapping_rules(
         // a loopback source.
         let loopback_dest = m.dest_match().is_none_or(|h| h.is_loopback());
         if pod.is_ipv4() && loopback_dest {
-            let lo = IpNet::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8)
-                .unwrap_or_else(|_| IpNet::from(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+            let lo = loopback_net();
             out.push(Planned {
                 chain: HOSTPORTS,
                 expr: finish(
@@ -243,6 +252,7 @@ pub fn base(batch: &mut Batch<'static>) {
     batch.add(t.base_chain(PREROUTING, NfChainType::NAT, NfHook::Prerouting, -100));
     batch.add(t.base_chain(OUTPUT, NfChainType::NAT, NfHook::Output, -100));
     batch.add(t.base_chain(POSTROUTING, NfChainType::NAT, NfHook::Postrouting, 100));
+    batch.add(t.base_chain(INPUT, NfChainType::Filter, NfHook::Input, 0));
     batch.add(t.chain(HOSTPORTS));
     for chain in [PREROUTING, OUTPUT] {
         batch.add_cmd(t.flush_chain(chain));
@@ -252,6 +262,29 @@ pub fn base(batch: &mut Batch<'static>) {
             None,
         ));
     }
+    batch.add_cmd(t.flush_chain(INPUT));
+    batch.add(t.rule(INPUT, localhost_guard(), None));
+}
+
+/// 127.0.0.0/8.
+fn loopback_net() -> IpNet {
+    IpNet::V4(ipnet::Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8))
+}
+
+/// Drops new connections from other hosts (or pods) to 127.0.0.0/8.
+fn localhost_guard() -> Vec<Statement<'static>> {
+    let lo = loopback_net();
+    vec![
+        nft::ne(nft::meta(MetaKey::Iif), nft::string("lo")),
+        nft::eq(nft::payload("ip", "daddr"), nft::prefix(lo)),
+        nft::ne(nft::payload("ip", "saddr"), nft::prefix(lo)),
+        nft::ne(
+            nft::ct("state"),
+            nft::set(vec![nft::string("established"), nft::string("related")]),
+        ),
+        nft::flags_clear(nft::ct("status"), nft::string("dnat")),
+        nft::drop(),
+    ]
 }
 
 /// Adds `rules` to `batch`.
