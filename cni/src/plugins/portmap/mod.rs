@@ -11,7 +11,9 @@
 //!   masquerade) and hairpin (the pod through a node address: masquerade),
 //!   for the pod's IPv4 and IPv6 address. The attachment's old rules, if
 //!   any, are replaced in the same transaction. UDP conntrack entries toward
-//!   the new hostPorts are forgotten ([`conntrack`]).
+//!   the new hostPorts are forgotten ([`conntrack`]). Because
+//!   `route_localnet` would otherwise let pods reach the node's services on
+//!   127.0.0.1, the table also drops new non-loopback input to 127.0.0.0/8.
 //! - DEL: removes exactly the rules whose comment carries the
 //!   attachment's tag; nothing there (or no table) is success.
 //! - CHECK: every rule ADD would make exists (compared by comment, which
@@ -76,6 +78,18 @@ impl Portmap {
             .map_err(|e| kernel("cannot list nftables table inet berth-portmap", e))
     }
 
+    /// Like [`Self::list`], but a missing `nft` means no table: without it
+    /// nothing of ours was ever made, and a DEL must not fail for that.
+    fn list_for_removal(&self) -> Result<Option<Listing>, CniError> {
+        match self.nft.list_table(&rules::table()) {
+            Err(e) if e.is_program_missing() => {
+                tracing::warn!(error = %e, "nft is missing; no hostPort rules to remove");
+                Ok(None)
+            }
+            other => other.map_err(|e| kernel("cannot list nftables table inet berth-portmap", e)),
+        }
+    }
+
     /// The listed rules of ours for which `pred` holds.
     fn owned<'a>(
         listing: &'a Listing,
@@ -119,7 +133,7 @@ impl Portmap {
     fn remove(&self, pred: &dyn Fn(&Tag) -> bool) -> Result<usize, CniError> {
         let mut last: Option<NftError> = None;
         for _ in 0..ATTEMPTS {
-            let Some(listing) = self.list()? else {
+            let Some(listing) = self.list_for_removal()? else {
                 return Ok(0);
             };
             let doomed: Vec<_> = Self::owned(&listing, pred).collect();
@@ -355,5 +369,54 @@ impl Plugin for Portmap {
         let n = self.remove(&|t: &Tag| t.net == net && !keep.contains(&t.att))?;
         tracing::debug!(rules = n, network = %conf.name, "portmap: GC removed rules");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Command;
+
+    fn inv(command: Command, stdin: Value) -> Invocation {
+        Invocation {
+            command,
+            container_id: "c1".into(),
+            netns: Some("/run/netns/none".into()),
+            ifname: "eth0".into(),
+            args: Vec::new(),
+            path: Vec::new(),
+            stdin: serde_json::to_vec(&stdin).unwrap(),
+        }
+    }
+
+    fn no_nft() -> Portmap {
+        Portmap::new(Nft::new("/nonexistent/nft"))
+    }
+
+    #[test]
+    fn del_without_nft_succeeds_and_status_says_why() {
+        let conf = serde_json::json!({"cniVersion": "1.1.0", "name": "n", "type": "portmap"});
+        let out = crate::protocol::run(&no_nft(), &inv(Command::Del, conf.clone()));
+        assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stdout));
+        let out = crate::protocol::run(&no_nft(), &inv(Command::Status, conf));
+        let e: CniError = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(e.code, code::NOT_AVAILABLE);
+        assert!(e.details.contains("/nonexistent/nft"), "{e}");
+    }
+
+    #[test]
+    fn add_without_mappings_passes_prev_result_through_without_nft() {
+        let conf = serde_json::json!({
+            "cniVersion": "0.4.0", "name": "n", "type": "portmap",
+            "prevResult": {"cniVersion": "0.4.0",
+                "interfaces": [{"name": "eth0", "sandbox": "/run/netns/p"}],
+                "ips": [{"version": "4", "address": "10.1.0.5/16", "interface": 0}]}
+        });
+        let out = crate::protocol::run(&no_nft(), &inv(Command::Add, conf));
+        assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stdout));
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["cniVersion"], "0.4.0");
+        assert_eq!(r["ips"][0]["address"], "10.1.0.5/16");
+        assert_eq!(r["ips"][0]["version"], "4");
     }
 }

@@ -47,6 +47,12 @@ impl NftError {
         matches!(self, NftError::Failed { stderr, .. } if stderr.contains("No such file or directory"))
     }
 
+    /// Whether the `nft` executable itself is missing: then nothing of
+    /// ours can exist in the kernel either.
+    pub fn is_program_missing(&self) -> bool {
+        matches!(self, NftError::Run { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+
     fn from_crate(what: &str, e: NftablesError) -> Self {
         match e {
             NftablesError::NftExecution { program, inner } => NftError::Run {
