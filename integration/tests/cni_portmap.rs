@@ -42,7 +42,7 @@ fn node() -> Result<Node> {
     ns.sh(
         "ip link add br0 type bridge && ip addr add 10.22.0.1/24 dev br0 \
          && ip addr add fd22::1/64 dev br0 nodad && ip link set br0 up \
-         && sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
+         && echo 1 > /proc/sys/net/ipv4/ip_forward && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
     )?;
     let ext = NetNs::new("pmext")?;
     ns.link_to(&ext, "ext0", "192.168.50.1/24", "eth0", "192.168.50.2/24")?;
@@ -487,7 +487,7 @@ fn route_localnet_does_not_open_the_nodes_localhost_to_pods() -> Result<()> {
     pod.ns
         .sh("ip route del local 127.0.0.1 dev lo table local \
          && ip route del local 127.0.0.0/8 dev lo table local \
-         && sysctl -qw net.ipv4.conf.eth0.route_localnet=1 \
+         && echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet \
          && ip route add 127.0.0.1/32 via 10.22.0.1 dev eth0")?;
     let send = || -> Result<()> {
         netns::run_in(&pod.ns.path(), || -> Result<()> {
@@ -692,7 +692,7 @@ fn check_notices_a_rule_removed_behind_its_back() -> Result<()> {
     assert!(e.details.contains("dnat tcp *:8080 10.22.0.2:80"), "{e}");
 
     node.ns
-        .sh("sysctl -qw net.ipv4.conf.br0.route_localnet=0")?;
+        .sh("echo 0 > /proc/sys/net/ipv4/conf/br0/route_localnet")?;
     ok(
         &node.ns,
         invocation(Command::Add, &id, Some(&a.ns.path()), &add),
