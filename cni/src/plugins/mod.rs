@@ -3,11 +3,12 @@
 pub mod bridge;
 pub mod host_local;
 pub mod loopback;
+pub mod portmap;
 
 use crate::protocol::Plugin;
 
 /// The plugins berth ships, as named in a CNI bin dir.
-pub const NAMES: &[&str] = &["bridge", "host-local", "loopback"];
+pub const NAMES: &[&str] = &["bridge", "host-local", "loopback", "portmap"];
 
 /// The plugin installed as `name`.
 pub fn by_name(name: &str) -> Option<Box<dyn Plugin + Send + Sync>> {
@@ -15,6 +16,7 @@ pub fn by_name(name: &str) -> Option<Box<dyn Plugin + Send + Sync>> {
         "bridge" => Some(Box::new(bridge::Bridge)),
         "host-local" => Some(Box::new(host_local::HostLocal)),
         "loopback" => Some(Box::new(loopback::Loopback)),
+        "portmap" => Some(Box::new(portmap::Portmap::default())),
         _ => None,
     }
 }
