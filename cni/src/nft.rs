@@ -1,69 +1,432 @@
 //! berth's nftables rules, through the `nftables` crate (which drives
-//! `nft -j`), for every plugin that filters or translates packets (bridge's
-//! ipMasq, portmap).
+//! `nft -j`), for every component that filters or translates packets: the
+//! bridge plugin (ipMasq), portmap, and later the service proxy.
 //!
-//! Conventions, so plugins never disturb what they did not create:
-//! - each plugin works only in its own tables (a family and a name such as
-//!   `inet berth-bridge`); nothing here flushes or deletes a table or chain;
-//! - every rule made for one container carries a comment naming it
-//!   ([`comment`]), so DEL finds exactly that container's rules
-//!   ([`rules_with_comment`]) and removes them by handle
-//!   ([`delete_rules_with_comment`]);
-//! - changes go in one batch ([`apply`]), which nft applies atomically:
-//!   [`add_table`] and [`add_chain`] put "create if missing" commands in a
-//!   batch, so concurrent plugin runs need no locking.
+//! Conventions, so berth never disturbs what it did not create:
+//! - each user works only in its own tables ([`TableRef`]: a family and a
+//!   name such as `inet berth-bridge`); nothing here flushes or deletes a
+//!   table, and [`TableRef::flush_chain`] is for chains of ours only;
+//! - every rule made for one owner (a container's attachment) carries a
+//!   comment naming it ([`comment`] makes any text fit), so removal finds
+//!   exactly that owner's rules by comment ([`Nft::rules_with_comment`],
+//!   [`Nft::delete_rules_with_comment`], [`Nft::delete_rules_where`]) and
+//!   deletes them by handle;
+//! - changes go in one batch, which nft applies atomically ([`Nft::apply`]);
+//!   adding a table or chain that exists is a no-op, so a batch starting
+//!   with them needs no locking against concurrent runs. A batch deleting
+//!   a rule that a concurrent run deleted after we listed it fails as a
+//!   whole; [`Nft::apply_listed`] then lists and builds it again.
+//!
+//! Listings are read as plain JSON rather than the crate's typed schema:
+//! removal needs only chains, handles and comments, and a newer `nft`
+//! printing an expression the schema does not know must not make our own
+//! rules undeletable. The expression builders at the end ([`payload`],
+//! [`eq`], [`dnat`], ...) cover what berth writes.
 //!
 //! Each call runs `nft` in the network namespace of the calling thread.
 //!
 //! ```no_run
-//! use berth_cni::nft::{self, NfFamily};
-//! use nftables::{batch::Batch, schema::{NfListObject, Rule}, stmt::Statement};
+//! use berth_cni::nft::{self, NfChainType, NfFamily, NfHook, Nft, TableRef};
 //!
-//! let mut b = Batch::new();
-//! nft::add_table(&mut b, NfFamily::INet, "berth-example");
-//! nft::add_chain(&mut b, nft::base_chain(
-//!     NfFamily::INet, "berth-example", "postrouting",
-//!     nftables::types::NfChainType::NAT, nftables::types::NfHook::Postrouting, 100));
-//! b.add(NfListObject::Rule(Rule {
-//!     family: NfFamily::INet,
-//!     table: "berth-example".into(),
-//!     chain: "postrouting".into(),
-//!     expr: vec![Statement::Masquerade(None)].into(),
-//!     comment: Some(nft::comment("example:container-1").into()),
-//!     ..Default::default()
-//! }));
-//! nft::apply(b).unwrap();
-//! nft::delete_rules_with_comment(NfFamily::INet, "berth-example", "example:container-1").unwrap();
+//! let nft = Nft::locate();
+//! let t = TableRef::new(NfFamily::INet, "berth-example");
+//! let mut b = nft::batch();
+//! b.add(t.table());
+//! b.add(t.base_chain("postrouting", NfChainType::NAT, NfHook::Postrouting, 100));
+//! b.add(t.rule("postrouting", vec![nft::masquerade()], Some("example:container-1")));
+//! nft.apply(b)?;
+//! nft.delete_rules_with_comment(&t, "example:container-1")?;
+//! # Ok::<(), nft::NftError>(())
 //! ```
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use ipnet::IpNet;
 use nftables::batch::Batch;
-use nftables::helper::NftablesError;
-use nftables::schema::{Chain, NfListObject, Rule, Table};
-pub use nftables::types::NfFamily;
-use nftables::types::{NfChainPolicy, NfChainType, NfHook};
+use nftables::expr::{
+    BinaryOperation, CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression,
+    Payload, PayloadField, Prefix, SetItem,
+};
+use nftables::helper::{self, NftablesError};
+use nftables::schema::{Chain, FlushObject, NfCmd, NfListObject, Rule, Table};
+use nftables::stmt::{JumpTarget, Mangle, Match, NAT, NATFamily, Operator, Statement};
+use nftables::types::NfChainPolicy;
+pub use nftables::types::{NfChainType, NfFamily, NfHook};
 use serde_json::Value;
 
-/// nft refuses longer comments.
+/// The longest comment nft accepts back when it reads a ruleset it printed
+/// (`nft -f`); `nft -j` would take longer ones, but a saved ruleset holding
+/// them could not be restored.
 pub const MAX_COMMENT: usize = 128;
+
+/// How often [`Nft::apply_listed`] builds and applies its batch when a rule
+/// it deletes vanished between the listing and the batch.
+const ATTEMPTS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
-    #[error("nft {what} failed: {stderr}")]
-    Failed { what: String, stderr: String },
-    #[error("running nft ({program}) to {what}: {source}")]
-    Exec {
+    #[error("cannot run {program}: {source}")]
+    Run {
         program: PathBuf,
-        what: String,
-        source: Box<NftablesError>,
+        source: std::io::Error,
     },
-    #[error("unexpected output of nft {what}: {reason}")]
-    Output { what: String, reason: String },
+    #[error("nft failed {what}: {stderr}")]
+    Failed { what: String, stderr: String },
+    #[error("cannot read what nft printed {what}: {detail}")]
+    Output { what: String, detail: String },
 }
 
-fn family_name(f: NfFamily) -> &'static str {
+impl NftError {
+    /// Whether nft said the object does not exist (ENOENT), e.g. listing a
+    /// table nobody created yet, or deleting a rule someone else deleted.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, NftError::Failed { stderr, .. } if stderr.contains("No such file or directory"))
+    }
+
+    /// Whether the `nft` executable itself is missing: then nothing of
+    /// ours can exist in the kernel either.
+    pub fn is_program_missing(&self) -> bool {
+        matches!(self, NftError::Run { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+
+    fn from_crate(what: &str, e: NftablesError) -> Self {
+        match e {
+            NftablesError::NftExecution { program, inner } => NftError::Run {
+                program: program.into(),
+                source: inner,
+            },
+            NftablesError::NftFailed { stderr, stdout, .. } => NftError::Failed {
+                what: what.to_string(),
+                stderr: if stderr.trim().is_empty() {
+                    stdout.trim().to_string()
+                } else {
+                    stderr.trim().to_string()
+                },
+            },
+            NftablesError::NftOutputEncoding { inner, .. } => NftError::Output {
+                what: what.to_string(),
+                detail: inner.to_string(),
+            },
+            NftablesError::NftInvalidJson(e) => NftError::Output {
+                what: what.to_string(),
+                detail: e.to_string(),
+            },
+        }
+    }
+}
+
+/// The `nft` executable; every call that reaches the kernel goes through it.
+#[derive(Debug, Clone)]
+pub struct Nft {
+    program: PathBuf,
+}
+
+impl Nft {
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        Nft {
+            program: program.into(),
+        }
+    }
+
+    /// `nft` from `PATH`, else from the sbin dirs: runtimes often exec
+    /// plugins with a bare environment.
+    pub fn locate() -> Self {
+        let in_path = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let found = in_path
+            .iter()
+            .map(PathBuf::as_path)
+            .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(Path::new))
+            .map(|d| d.join("nft"))
+            .find(|p| p.is_file());
+        Nft::new(found.unwrap_or_else(|| PathBuf::from("nft")))
+    }
+
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// Applies `batch` in one transaction: all of it or nothing.
+    pub fn apply(&self, batch: Batch<'_>) -> Result<(), NftError> {
+        let doc = batch.to_nftables();
+        helper::apply_ruleset_with_args(&doc, Some(&self.program), helper::DEFAULT_ARGS)
+            .map_err(|e| NftError::from_crate("applying a batch", e))
+    }
+
+    /// Lists `table`; `None` when it does not exist.
+    pub fn list_table(&self, table: &TableRef) -> Result<Option<Listing>, NftError> {
+        let fam = family_name(table.family);
+        let what = format!("listing table {fam} {}", table.name);
+        let raw = match helper::get_current_ruleset_raw(
+            Some(&self.program),
+            ["list", "table", fam, &table.name],
+        ) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let e = NftError::from_crate(&what, e);
+                return if e.is_not_found() { Ok(None) } else { Err(e) };
+            }
+        };
+        Listing::parse(&raw)
+            .map(Some)
+            .map_err(|detail| NftError::Output { what, detail })
+    }
+
+    /// Whether nft runs and can talk to the kernel.
+    pub fn probe(&self) -> Result<(), NftError> {
+        helper::get_current_ruleset_raw(Some(&self.program), ["list", "tables"])
+            .map(|_| ())
+            .map_err(|e| NftError::from_crate("listing tables", e))
+    }
+
+    /// Lists `table`, lets `build` make a batch from what is there (`None`
+    /// for the listing: no such table; `None` from `build`: nothing to do)
+    /// and applies it. When the batch fails because something it deletes is
+    /// gone (a concurrent run removed it after our listing), starts over
+    /// from a fresh listing, a few times; so `build` may run more than once.
+    pub fn apply_listed(
+        &self,
+        table: &TableRef,
+        mut build: impl FnMut(Option<&Listing>) -> Option<Batch<'static>>,
+    ) -> Result<(), NftError> {
+        let mut attempt = 1;
+        loop {
+            let listing = self.list_table(table)?;
+            let Some(batch) = build(listing.as_ref()) else {
+                return Ok(());
+            };
+            match self.apply(batch) {
+                Err(e) if e.is_not_found() && attempt < ATTEMPTS => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// The rules of `table` whose comment is exactly `comment` (none when
+    /// the table does not exist).
+    pub fn rules_with_comment(
+        &self,
+        table: &TableRef,
+        comment: &str,
+    ) -> Result<Vec<ListedRule>, NftError> {
+        Ok(self
+            .list_table(table)?
+            .map(|l| l.rules)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.comment.as_deref() == Some(comment))
+            .collect())
+    }
+
+    /// Deletes, in one transaction, the rules of `table` for which `doomed`
+    /// holds; returns how many went. Idempotent: a missing table or no such
+    /// rule is not an error, and a rule someone else deleted meanwhile is
+    /// looked up again ([`Self::apply_listed`]).
+    pub fn delete_rules_where(
+        &self,
+        table: &TableRef,
+        doomed: impl Fn(&ListedRule) -> bool,
+    ) -> Result<usize, NftError> {
+        let mut deleted = 0;
+        self.apply_listed(table, |listing| {
+            let rules: Vec<_> = listing?.rules.iter().filter(|r| doomed(r)).collect();
+            deleted = rules.len();
+            if rules.is_empty() {
+                return None;
+            }
+            let mut b = batch();
+            for r in rules {
+                b.add_cmd(table.delete_rule(&r.chain, r.handle));
+            }
+            Some(b)
+        })?;
+        Ok(deleted)
+    }
+
+    /// Deletes every rule of `table` whose comment is `comment` (as
+    /// [`Self::delete_rules_where`]); returns how many went.
+    pub fn delete_rules_with_comment(
+        &self,
+        table: &TableRef,
+        comment: &str,
+    ) -> Result<usize, NftError> {
+        self.delete_rules_where(table, |r| r.comment.as_deref() == Some(comment))
+    }
+}
+
+/// What a listing holds: chains, and rules with their handles.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Listing {
+    pub chains: Vec<String>,
+    pub rules: Vec<ListedRule>,
+}
+
+/// A rule as listed: enough to find it (chain, comment) and delete it
+/// (handle).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedRule {
+    pub chain: String,
+    pub handle: u32,
+    pub comment: Option<String>,
+    /// The rule's statements as nft printed them.
+    pub expr: Value,
+}
+impl Listing {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let v: Value = serde_json::from_str(raw).map_err(|e| e.to_string())?;
+        let objects = v
+            .get("nftables")
+            .and_then(Value::as_array)
+            .ok_or("no \"nftables\" array")?;
+        let mut out = Listing::default();
+        for o in objects {
+            if let Some(c) = o.get("chain") {
+                if let Some(name) = c.get("name").and_then(Value::as_str) {
+                    out.chains.push(name.to_string());
+                }
+            } else if let Some(r) = o.get("rule") {
+                let chain = r.get("chain").and_then(Value::as_str);
+                let handle = r.get("handle").and_then(Value::as_u64);
+                let (Some(chain), Some(handle)) = (chain, handle) else {
+                    return Err(format!("a rule without chain or handle: {r}"));
+                };
+                out.rules.push(ListedRule {
+                    chain: chain.to_string(),
+                    handle: u32::try_from(handle).map_err(|_| format!("rule handle {handle}"))?,
+                    comment: r.get("comment").and_then(Value::as_str).map(String::from),
+                    expr: r.get("expr").cloned().unwrap_or(Value::Null),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn rules_in<'a>(&'a self, chain: &'a str) -> impl Iterator<Item = &'a ListedRule> + 'a {
+        self.rules.iter().filter(move |r| r.chain == chain)
+    }
+}
+
+/// A table of ours: family and name. Builds the objects and commands that
+/// address it, to put in a batch (`batch.add(..)` for objects to create,
+/// `batch.add_cmd(..)` for the commands).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRef {
+    pub family: NfFamily,
+    pub name: String,
+}
+
+impl TableRef {
+    pub fn new(family: NfFamily, name: &str) -> Self {
+        TableRef {
+            family,
+            name: name.to_string(),
+        }
+    }
+
+    /// The table, created if missing.
+    pub fn table(&self) -> NfListObject<'static> {
+        NfListObject::Table(Table {
+            family: self.family,
+            name: Cow::Owned(self.name.clone()),
+            handle: None,
+        })
+    }
+
+    /// A regular chain (a jump target).
+    pub fn chain(&self, name: &str) -> NfListObject<'static> {
+        NfListObject::Chain(self.chain_obj(name))
+    }
+
+    /// A base chain on `hook` at `prio`, policy accept. An existing chain
+    /// keeps its hook and priority.
+    pub fn base_chain(
+        &self,
+        name: &str,
+        kind: NfChainType,
+        hook: NfHook,
+        prio: i32,
+    ) -> NfListObject<'static> {
+        NfListObject::Chain(Chain {
+            _type: Some(kind),
+            hook: Some(hook),
+            prio: Some(prio),
+            policy: Some(NfChainPolicy::Accept),
+            ..self.chain_obj(name)
+        })
+    }
+
+    fn chain_obj(&self, name: &str) -> Chain<'static> {
+        Chain {
+            family: self.family,
+            table: Cow::Owned(self.name.clone()),
+            name: Cow::Owned(name.to_string()),
+            ..Chain::default()
+        }
+    }
+
+    /// `flush chain`: removes every rule of a chain of ours.
+    pub fn flush_chain(&self, name: &str) -> NfCmd<'static> {
+        NfCmd::Flush(FlushObject::Chain(self.chain_obj(name)))
+    }
+
+    /// A rule appended to `chain`; `comment` goes through [`comment`], so
+    /// any text fits.
+    pub fn rule(
+        &self,
+        chain: &str,
+        expr: Vec<Statement<'static>>,
+        comment: Option<&str>,
+    ) -> NfListObject<'static> {
+        NfListObject::Rule(Rule {
+            family: self.family,
+            table: Cow::Owned(self.name.clone()),
+            chain: Cow::Owned(chain.to_string()),
+            expr: Cow::Owned(expr),
+            handle: None,
+            index: None,
+            comment: comment.map(|c| Cow::Owned(self::comment(c))),
+        })
+    }
+
+    /// The command deleting rule `handle` of `chain`.
+    pub fn delete_rule(&self, chain: &str, handle: u32) -> NfCmd<'static> {
+        NfCmd::Delete(NfListObject::Rule(Rule {
+            family: self.family,
+            table: Cow::Owned(self.name.clone()),
+            chain: Cow::Owned(chain.to_string()),
+            expr: Cow::Owned(Vec::new()),
+            handle: Some(handle),
+            index: None,
+            comment: None,
+        }))
+    }
+}
+
+/// `text` made fit for a rule comment: kept as is when short enough, else
+/// cut and suffixed with a hash of the whole, so distinct long texts still
+/// give distinct comments and the same text always gives the same one
+/// (DEL recomputes the comment ADD wrote). Idempotent.
+pub fn comment(text: &str) -> String {
+    if text.len() <= MAX_COMMENT {
+        return text.to_string();
+    }
+    // FNV-1a: stable across releases, unlike std's hasher.
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    // 17 = '~' and 16 hex digits.
+    let mut cut = MAX_COMMENT - 17;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}~{hash:016x}", &text[..cut])
+}
+
+/// The family as nft spells it on its command line.
+pub fn family_name(f: NfFamily) -> &'static str {
     match f {
         NfFamily::IP => "ip",
         NfFamily::IP6 => "ip6",
@@ -74,213 +437,150 @@ fn family_name(f: NfFamily) -> &'static str {
     }
 }
 
-/// The `nft` executable: from PATH, else where distributions install it
-/// (runtimes may run plugins with a PATH lacking the sbin directories).
-pub fn program() -> PathBuf {
-    let from_path = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("nft"))
-            .find(|p| p.is_file())
-    });
-    from_path
-        .or_else(|| {
-            ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| PathBuf::from("nft"))
-}
+// Expressions and statements.
 
-fn exec_error(program: &Path, what: &str, e: NftablesError) -> NftError {
-    match e {
-        NftablesError::NftFailed { stderr, .. } => NftError::Failed {
-            what: what.to_string(),
-            stderr: stderr.trim().to_string(),
+/// A header field, e.g. `payload("ip", "saddr")`, `payload("th", "dport")`.
+pub fn payload(protocol: &str, field: &str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: Cow::Owned(protocol.to_string()),
+            field: Cow::Owned(field.to_string()),
         },
-        source => NftError::Exec {
-            program: program.to_owned(),
-            what: what.to_string(),
-            source: Box::new(source),
-        },
-    }
+    )))
 }
 
-/// Applies `batch` atomically (all of it or nothing).
-pub fn apply(batch: Batch<'_>) -> Result<(), NftError> {
-    let nft = program();
-    let ruleset = batch.to_nftables();
-    let json = serde_json::to_string(&ruleset).map_err(|e| NftError::Output {
-        what: "apply".into(),
-        reason: format!("cannot encode the batch: {e}"),
-    })?;
-    nftables::helper::apply_ruleset_raw(&json, Some(&nft), nftables::helper::DEFAULT_ARGS)
-        .map(|_| ())
-        .map_err(|e| exec_error(&nft, "apply", e))
+pub fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
 }
 
-/// Adds "create table `family` `name` if missing" to `batch`.
-pub fn add_table(batch: &mut Batch<'_>, family: NfFamily, name: &str) {
-    batch.add(NfListObject::Table(Table {
-        family,
-        name: Cow::Owned(name.to_string()),
-        handle: None,
-    }));
+/// A conntrack key of the packet's entry, e.g. `ct("state")`.
+pub fn ct(key: &str) -> Expression<'static> {
+    Expression::Named(NamedExpression::CT(CT {
+        key: Cow::Owned(key.to_string()),
+        family: None,
+        dir: None,
+    }))
 }
 
-/// Adds "create `chain` if missing" to `batch` (its table must exist or be
-/// created earlier in the batch). An existing base chain keeps its hook.
-pub fn add_chain<'a>(batch: &mut Batch<'a>, chain: Chain<'a>) {
-    batch.add(NfListObject::Chain(chain));
+/// An anonymous set, e.g. `{ established, related }`.
+pub fn set(items: Vec<Expression<'static>>) -> Expression<'static> {
+    Expression::Named(NamedExpression::Set(
+        items.into_iter().map(SetItem::Element).collect(),
+    ))
 }
 
-/// A base chain (attached to a netfilter hook) with policy accept.
-pub fn base_chain(
-    family: NfFamily,
-    table: &str,
-    name: &str,
-    kind: NfChainType,
-    hook: NfHook,
-    priority: i32,
-) -> Chain<'static> {
-    Chain {
-        family,
-        table: Cow::Owned(table.to_string()),
-        name: Cow::Owned(name.to_string()),
-        _type: Some(kind),
-        hook: Some(hook),
-        prio: Some(priority),
-        policy: Some(NfChainPolicy::Accept),
-        ..Default::default()
-    }
+/// `left & bits == 0`: none of the flags in `bits` is set.
+pub fn flags_clear(left: Expression<'static>, bits: Expression<'static>) -> Statement<'static> {
+    eq(
+        Expression::BinaryOperation(Box::new(BinaryOperation::AND(left, bits))),
+        number(0),
+    )
 }
 
-/// A regular chain (a target for jumps).
-pub fn regular_chain(family: NfFamily, table: &str, name: &str) -> Chain<'static> {
-    Chain {
-        family,
-        table: Cow::Owned(table.to_string()),
-        name: Cow::Owned(name.to_string()),
-        ..Default::default()
-    }
+pub fn drop() -> Statement<'static> {
+    Statement::Drop(None)
 }
 
-/// `text` made fit for a rule comment: kept as is when short enough, else
-/// cut and suffixed with a hash of the whole, so distinct long texts still
-/// give distinct comments and the same text always gives the same one.
-pub fn comment(text: &str) -> String {
-    if text.len() <= MAX_COMMENT {
-        return text.to_string();
-    }
-    // FNV-1a: stable across releases, unlike std's hasher.
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let mut cut = MAX_COMMENT - 17;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}~{hash:016x}", &text[..cut])
+pub fn string(s: &str) -> Expression<'static> {
+    Expression::String(Cow::Owned(s.to_string()))
 }
 
-/// A rule as listed, enough to find and delete it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListedRule {
-    pub chain: String,
-    pub handle: u32,
-    pub comment: Option<String>,
+pub fn number(n: u32) -> Expression<'static> {
+    Expression::Number(n)
 }
 
-/// The rules of table `family` `table` (none when the table does not exist).
-pub fn list_rules(family: NfFamily, table: &str) -> Result<Vec<ListedRule>, NftError> {
-    let nft = program();
-    let what = format!("list table {} {table}", family_name(family));
-    let out = match nftables::helper::get_current_ruleset_raw(
-        Some(&nft),
-        ["list", "table", family_name(family), table],
-    ) {
-        Ok(o) => o,
-        Err(NftablesError::NftFailed { stderr, .. })
-            if stderr.contains("No such file or directory") =>
-        {
-            return Ok(Vec::new());
-        }
-        Err(e) => return Err(exec_error(&nft, &what, e)),
-    };
-    // Read as plain JSON: the rules of other berth plugins may use
-    // statements the crate's typed schema does not know.
-    let v: Value = serde_json::from_str(&out).map_err(|e| NftError::Output {
-        what: what.clone(),
-        reason: e.to_string(),
-    })?;
-    let objects = v
-        .get("nftables")
-        .and_then(Value::as_array)
-        .ok_or_else(|| NftError::Output {
-            what: what.clone(),
-            reason: "no \"nftables\" array".into(),
-        })?;
-    Ok(objects
-        .iter()
-        .filter_map(|o| o.get("rule"))
-        .filter_map(|r| {
-            Some(ListedRule {
-                chain: r.get("chain")?.as_str()?.to_string(),
-                handle: u32::try_from(r.get("handle")?.as_u64()?).ok()?,
-                comment: r.get("comment").and_then(Value::as_str).map(str::to_string),
-            })
-        })
-        .collect())
+pub fn addr(ip: IpAddr) -> Expression<'static> {
+    Expression::String(Cow::Owned(ip.to_string()))
 }
 
-/// The rules of table `family` `table` whose comment is exactly `comment`.
-pub fn rules_with_comment(
-    family: NfFamily,
-    table: &str,
-    comment: &str,
-) -> Result<Vec<ListedRule>, NftError> {
-    Ok(list_rules(family, table)?
-        .into_iter()
-        .filter(|r| r.comment.as_deref() == Some(comment))
-        .collect())
+pub fn prefix(net: IpNet) -> Expression<'static> {
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(addr(net.network())),
+        len: u32::from(net.prefix_len()),
+    }))
 }
 
-/// Deletes `rules` (as listed from `family` `table`) in one batch.
-pub fn delete_rules(family: NfFamily, table: &str, rules: &[ListedRule]) -> Result<(), NftError> {
-    if rules.is_empty() {
-        return Ok(());
-    }
-    let mut b = Batch::new();
-    for r in rules {
-        b.delete(NfListObject::Rule(Rule {
-            family,
-            table: Cow::Owned(table.to_string()),
-            chain: Cow::Owned(r.chain.clone()),
-            handle: Some(r.handle),
-            ..Default::default()
-        }));
-    }
-    apply(b)
+/// `ip`/`ip6` as the payload protocol for an address of this family.
+pub fn ip_proto(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() { "ip" } else { "ip6" }
 }
 
-/// Deletes every rule of `family` `table` whose comment is `comment`;
-/// returns how many went. Idempotent: a missing table or no such rule is
-/// not an error, and a rule someone else deleted meanwhile is looked up
-/// again.
-pub fn delete_rules_with_comment(
-    family: NfFamily,
-    table: &str,
-    comment: &str,
-) -> Result<usize, NftError> {
-    let mut attempt = 0;
-    loop {
-        let rules = rules_with_comment(family, table, comment)?;
-        match delete_rules(family, table, &rules) {
-            Ok(()) => return Ok(rules.len()),
-            Err(NftError::Failed { .. }) if attempt < 2 => attempt += 1,
-            Err(e) => return Err(e),
-        }
-    }
+pub fn matches(
+    left: Expression<'static>,
+    op: Operator,
+    right: Expression<'static>,
+) -> Statement<'static> {
+    Statement::Match(Match { left, right, op })
+}
+
+pub fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    matches(left, Operator::EQ, right)
+}
+
+pub fn ne(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    matches(left, Operator::NEQ, right)
+}
+
+/// `fib daddr type local`: the packet is for one of this host's addresses.
+pub fn daddr_is_local() -> Statement<'static> {
+    eq(
+        Expression::Named(NamedExpression::Fib(Fib {
+            result: FibResult::Type,
+            flags: [FibFlag::Daddr].into_iter().collect(),
+        })),
+        string("local"),
+    )
+}
+
+/// `meta mark set meta mark | bits`.
+pub fn set_mark_bits(bits: u32) -> Statement<'static> {
+    Statement::Mangle(Mangle {
+        key: meta(MetaKey::Mark),
+        value: Expression::BinaryOperation(Box::new(BinaryOperation::OR(vec![
+            meta(MetaKey::Mark),
+            Expression::Number(bits),
+        ]))),
+    })
+}
+
+/// `meta mark & bits == bits`.
+pub fn has_mark_bits(bits: u32) -> Statement<'static> {
+    eq(
+        Expression::BinaryOperation(Box::new(BinaryOperation::AND(
+            meta(MetaKey::Mark),
+            Expression::Number(bits),
+        ))),
+        Expression::Number(bits),
+    )
+}
+
+/// `dnat ip|ip6 to ADDR:PORT` (the family is required in inet tables).
+pub fn dnat(to: IpAddr, port: u16) -> Statement<'static> {
+    Statement::DNAT(Some(NAT {
+        addr: Some(addr(to)),
+        family: Some(if to.is_ipv4() {
+            NATFamily::IP
+        } else {
+            NATFamily::IP6
+        }),
+        port: Some(Expression::Number(u32::from(port))),
+        flags: None,
+    }))
+}
+
+pub fn masquerade() -> Statement<'static> {
+    Statement::Masquerade(None)
+}
+
+pub fn jump(chain: &str) -> Statement<'static> {
+    Statement::Jump(JumpTarget {
+        target: Cow::Owned(chain.to_string()),
+    })
+}
+
+/// A fresh batch.
+pub fn batch() -> Batch<'static> {
+    Batch::new()
 }
 
 #[cfg(test)]
@@ -296,28 +596,77 @@ mod tests {
         assert!(ca.len() <= MAX_COMMENT && cb.len() <= MAX_COMMENT);
         assert_ne!(ca, cb);
         assert_eq!(ca, comment(&a));
-        let wide = "é".repeat(100);
-        assert!(comment(&wide).len() <= MAX_COMMENT);
+        assert_eq!(comment(&ca), ca);
+        let fits = "f".repeat(MAX_COMMENT);
+        assert_eq!(comment(&fits), fits);
+    }
+
+    #[test]
+    fn comments_are_cut_at_a_char_boundary() {
+        let long = "é".repeat(100);
+        let c = comment(&long);
+        assert!(c.len() <= MAX_COMMENT);
+        let (kept, hash) = c.rsplit_once('~').unwrap();
+        assert!(long.starts_with(kept));
+        assert_eq!(hash.len(), 16);
     }
 
     #[test]
     fn a_batch_serializes_as_nft_json() {
-        let mut b = Batch::new();
-        add_table(&mut b, NfFamily::INet, "berth-t");
-        add_chain(
-            &mut b,
-            base_chain(
-                NfFamily::INet,
-                "berth-t",
-                "post",
-                NfChainType::NAT,
-                NfHook::Postrouting,
-                100,
-            ),
-        );
+        let t = TableRef::new(NfFamily::INet, "berth-t");
+        let mut b = batch();
+        b.add(t.table());
+        b.add(t.base_chain("post", NfChainType::NAT, NfHook::Postrouting, 100));
+        b.add(t.rule("post", vec![masquerade()], Some(&"c".repeat(200))));
+        b.add_cmd(t.delete_rule("post", 7));
         let v = serde_json::to_value(b.to_nftables()).unwrap();
         assert_eq!(v["nftables"][0]["add"]["table"]["name"], "berth-t");
         assert_eq!(v["nftables"][1]["add"]["chain"]["hook"], "postrouting");
         assert_eq!(v["nftables"][1]["add"]["chain"]["type"], "nat");
+        assert_eq!(v["nftables"][1]["add"]["chain"]["policy"], "accept");
+        let rule = &v["nftables"][2]["add"]["rule"];
+        assert_eq!(rule["table"], "berth-t");
+        assert_eq!(rule["expr"], serde_json::json!([{"masquerade": null}]));
+        assert_eq!(
+            rule["comment"],
+            serde_json::json!(comment(&"c".repeat(200)))
+        );
+        assert_eq!(v["nftables"][3]["delete"]["rule"]["handle"], 7);
+    }
+
+    #[test]
+    fn a_listing_keeps_handles_and_comments() {
+        let raw = r#"{"nftables":[{"metainfo":{"version":"1.0.6"}},
+            {"table":{"family":"inet","name":"t","handle":1}},
+            {"chain":{"family":"inet","table":"t","name":"c","handle":2}},
+            {"rule":{"family":"inet","table":"t","chain":"c","handle":7,"comment":"x y","expr":[{"masquerade":null}]}},
+            {"rule":{"family":"inet","table":"t","chain":"c","handle":8,"expr":[]}}]}"#;
+        let l = Listing::parse(raw).unwrap();
+        assert_eq!(l.chains, ["c"]);
+        assert_eq!(l.rules.len(), 2);
+        assert_eq!(l.rules[0].handle, 7);
+        assert_eq!(l.rules[0].comment.as_deref(), Some("x y"));
+        assert_eq!(l.rules[1].comment, None);
+        assert!(Listing::parse("{}").is_err());
+    }
+
+    #[test]
+    fn statements_serialize_as_nft_json() {
+        let v = serde_json::to_value(dnat("fd00::5".parse().unwrap(), 80)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"dnat": {"addr": "fd00::5", "family": "ip6", "port": 80}})
+        );
+        let v = serde_json::to_value(set_mark_bits(0x2000)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"mangle": {"key": {"meta": {"key": "mark"}},
+                "value": {"|": [{"meta": {"key": "mark"}}, 8192]}}})
+        );
+        let v = serde_json::to_value(daddr_is_local()).unwrap();
+        assert_eq!(
+            v["match"]["left"]["fib"]["flags"],
+            serde_json::json!(["daddr"])
+        );
     }
 }

@@ -10,10 +10,10 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 use super::config::BridgeConf;
-use super::setup::{NFT_FAMILY, NFT_TABLE, in_pod, masq_comment, open_netns};
+use super::setup::{in_pod, masq_comment, nft_err, nft_table, open_netns};
 use crate::ipam;
 use crate::link::{Address, Link, LinkError, Netlink, RouteEntry};
-use crate::nft;
+use crate::nft::Nft;
 use crate::protocol::{Command, Invocation};
 use crate::types::{CniError, CniResult, NetConf, code};
 
@@ -178,8 +178,9 @@ pub fn check(
 
     if c.ip_masq && !prev.ips.is_empty() {
         let comment = masq_comment(&c.network, &inv.container_id, &inv.ifname);
-        let rules = nft::rules_with_comment(NFT_FAMILY, NFT_TABLE, &comment)
-            .map_err(|e| CniError::new(code::KERNEL, e.to_string()))?;
+        let rules = Nft::locate()
+            .rules_with_comment(&nft_table(), &comment)
+            .map_err(nft_err)?;
         if rules.len() < prev.ips.len() {
             return Err(failed(format!(
                 "masquerade rules for {} are missing (found {} of {})",

@@ -26,18 +26,14 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use ipnet::IpNet;
-use nftables::batch::Batch;
-use nftables::expr::{Expression, NamedExpression, Payload, PayloadField, Prefix};
-use nftables::schema::{NfListObject, Rule};
-use nftables::stmt::{Match, Operator, Statement};
-use nftables::types::{NfChainType, NfHook};
+use nftables::schema::NfListObject;
 use serde_json::Value;
 
 use super::config::BridgeConf;
 use crate::ipam;
 use crate::link::{self, Link, LinkError, Netlink, NewRoute};
 use crate::netns::{self, NetnsError};
-use crate::nft::{self, NfFamily};
+use crate::nft::{self, NfChainType, NfFamily, NfHook, Nft, TableRef};
 use crate::protocol::{Command, Invocation};
 use crate::types::{CniError, CniResult, Interface, IpConfig, NetConf, Route, code};
 
@@ -48,6 +44,11 @@ pub const NFT_CHAIN: &str = "postrouting";
 /// `srcnat`.
 const NFT_PRIORITY: i32 = 100;
 
+/// The table of [`NFT_FAMILY`] [`NFT_TABLE`].
+pub fn nft_table() -> TableRef {
+    TableRef::new(NFT_FAMILY, NFT_TABLE)
+}
+
 /// Index of the pod's interface in the result's `interfaces`.
 pub const POD_IFACE: usize = 2;
 
@@ -55,7 +56,7 @@ fn link_err(e: LinkError) -> CniError {
     CniError::new(code::KERNEL, e.to_string())
 }
 
-fn nft_err(e: nft::NftError) -> CniError {
+pub(super) fn nft_err(e: nft::NftError) -> CniError {
     CniError::new(code::KERNEL, e.to_string())
 }
 
@@ -110,7 +111,7 @@ struct Undo<'a> {
 impl Undo<'_> {
     fn run(self, nl: Option<&Netlink>) {
         if let Some(comment) = &self.masq
-            && let Err(e) = nft::delete_rules_with_comment(NFT_FAMILY, NFT_TABLE, comment)
+            && let Err(e) = Nft::locate().delete_rules_with_comment(&nft_table(), comment)
         {
             tracing::warn!(error = %e, "undoing ADD: removing masquerade rules");
         }
@@ -566,69 +567,40 @@ fn ensure_address(nl: &Netlink, br: &Link, gw: IpNet, force: bool) -> Result<(),
     }
 }
 
-fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: protocol.into(),
-            field: field.into(),
-        },
-    )))
-}
-
-fn prefix(net: IpNet) -> Expression<'static> {
-    Expression::Named(NamedExpression::Prefix(Prefix {
-        addr: Box::new(Expression::String(net.network().to_string().into())),
-        len: u32::from(net.prefix_len()),
-    }))
-}
-
 /// The masquerade rule for one pod address: from it, to anywhere outside
 /// its subnet and not multicast.
-fn masq_rule(ip: IpNet, comment: &str) -> Rule<'static> {
+fn masq_rule(ip: IpNet, comment: &str) -> NfListObject<'static> {
     let (proto, mcast) = if ip.addr().is_ipv4() {
         ("ip", IpNet::V4("224.0.0.0/4".parse().unwrap_or_default()))
     } else {
         ("ip6", IpNet::V6("ff00::/8".parse().unwrap_or_default()))
     };
-    let m = |left, right, op| Statement::Match(Match { left, right, op });
-    Rule {
-        family: NFT_FAMILY,
-        table: NFT_TABLE.into(),
-        chain: NFT_CHAIN.into(),
-        expr: vec![
-            m(
-                payload(proto, "saddr"),
-                Expression::String(ip.addr().to_string().into()),
-                Operator::EQ,
-            ),
-            m(payload(proto, "daddr"), prefix(ip.trunc()), Operator::NEQ),
-            m(payload(proto, "daddr"), prefix(mcast), Operator::NEQ),
-            Statement::Masquerade(None),
-        ]
-        .into(),
-        comment: Some(comment.to_string().into()),
-        ..Default::default()
-    }
+    nft_table().rule(
+        NFT_CHAIN,
+        vec![
+            nft::eq(nft::payload(proto, "saddr"), nft::addr(ip.addr())),
+            nft::ne(nft::payload(proto, "daddr"), nft::prefix(ip.trunc())),
+            nft::ne(nft::payload(proto, "daddr"), nft::prefix(mcast)),
+            nft::masquerade(),
+        ],
+        Some(comment),
+    )
 }
 
 fn add_masquerade(ips: &[IpConfig], comment: &str) -> Result<(), CniError> {
-    let mut b = Batch::new();
-    nft::add_table(&mut b, NFT_FAMILY, NFT_TABLE);
-    nft::add_chain(
-        &mut b,
-        nft::base_chain(
-            NFT_FAMILY,
-            NFT_TABLE,
-            NFT_CHAIN,
-            NfChainType::NAT,
-            NfHook::Postrouting,
-            NFT_PRIORITY,
-        ),
-    );
+    let t = nft_table();
+    let mut b = nft::batch();
+    b.add(t.table());
+    b.add(t.base_chain(
+        NFT_CHAIN,
+        NfChainType::NAT,
+        NfHook::Postrouting,
+        NFT_PRIORITY,
+    ));
     for ip in ips {
-        b.add(NfListObject::Rule(masq_rule(ip.address, comment)));
+        b.add(masq_rule(ip.address, comment));
     }
-    nft::apply(b).map_err(nft_err)
+    Nft::locate().apply(b).map_err(nft_err)
 }
 
 pub fn del(c: &BridgeConf, inv: &Invocation, raw: &Value) -> Result<(), CniError> {
@@ -651,7 +623,7 @@ pub fn del(c: &BridgeConf, inv: &Invocation, raw: &Value) -> Result<(), CniError
     }
     if c.ip_masq {
         let comment = masq_comment(&c.network, &inv.container_id, &inv.ifname);
-        if let Err(e) = nft::delete_rules_with_comment(NFT_FAMILY, NFT_TABLE, &comment) {
+        if let Err(e) = Nft::locate().delete_rules_with_comment(&nft_table(), &comment) {
             errors.push(nft_err(e));
         }
     }
@@ -677,18 +649,15 @@ pub fn gc(c: &BridgeConf, conf: &NetConf, inv: &Invocation, raw: &Value) -> Resu
         .map(|a| masq_comment(&c.network, &a.container_id, &a.ifname))
         .collect();
     let ours = format!("bridge:{}:", c.network);
-    let stale: Vec<_> = nft::list_rules(NFT_FAMILY, NFT_TABLE)
-        .map_err(nft_err)?
-        .into_iter()
-        .filter(|r| {
+    let removed = Nft::locate()
+        .delete_rules_where(&nft_table(), |r| {
             r.comment
                 .as_deref()
                 .is_some_and(|cm| cm.starts_with(&ours) && !valid.contains(cm))
         })
-        .collect();
-    if !stale.is_empty() {
-        tracing::info!(rules = stale.len(), network = %c.network, "GC: removing masquerade rules");
-        nft::delete_rules(NFT_FAMILY, NFT_TABLE, &stale).map_err(nft_err)?;
+        .map_err(nft_err)?;
+    if removed > 0 {
+        tracing::info!(rules = removed, network = %c.network, "GC: removed masquerade rules");
     }
     if let Some(t) = c.ipam_type.as_deref() {
         ipam::delegate_raw(t, Command::Gc, inv, raw)?;
@@ -798,6 +767,11 @@ mod tests {
     #[test]
     fn masquerade_rules_skip_the_subnet_and_multicast() {
         let v = serde_json::to_value(masq_rule("10.1.0.5/24".parse().unwrap(), "c")).unwrap();
+        let v = &v["rule"];
+        assert_eq!(v["table"], NFT_TABLE);
+        assert_eq!(v["chain"], NFT_CHAIN);
+        assert_eq!(v["comment"], "c");
+        assert_eq!(v["expr"][3], serde_json::json!({"masquerade": null}));
         assert_eq!(v["expr"][0]["match"]["right"], "10.1.0.5");
         assert_eq!(v["expr"][1]["match"]["right"]["prefix"]["addr"], "10.1.0.0");
         assert_eq!(v["expr"][1]["match"]["op"], "!=");
@@ -806,6 +780,7 @@ mod tests {
             "224.0.0.0"
         );
         let v = serde_json::to_value(masq_rule("fd00::5/64".parse().unwrap(), "c")).unwrap();
+        let v = &v["rule"];
         assert_eq!(v["expr"][0]["match"]["left"]["payload"]["protocol"], "ip6");
         assert_eq!(v["expr"][2]["match"]["right"]["prefix"]["addr"], "ff00::");
     }

@@ -31,7 +31,6 @@ pub mod config;
 pub mod conntrack;
 pub mod localnet;
 mod netlink;
-pub mod nft;
 pub mod rules;
 
 use std::collections::HashSet;
@@ -39,15 +38,11 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
+use crate::nft::{self, ListedRule, Listing, Nft};
 use crate::protocol::{Invocation, Plugin};
 use crate::types::{CniError, CniResult, NetConf, code};
 use config::{PortmapConf, Proto};
-use nft::{Listing, Nft, NftError};
 use rules::{Planned, Tag};
-
-/// How often a batch is retried when a rule it deletes was deleted by a
-/// concurrent invocation between our listing and our batch.
-const ATTEMPTS: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct Portmap {
@@ -75,82 +70,54 @@ impl Portmap {
             .map_err(|e| kernel("cannot list nftables table inet berth-portmap", e))
     }
 
-    /// Like [`Self::list`], but a missing `nft` means no table: without it
-    /// nothing of ours was ever made, and a DEL must not fail for that.
-    fn list_for_removal(&self) -> Result<Option<Listing>, CniError> {
-        match self.nft.list_table(&rules::table()) {
-            Err(e) if e.is_program_missing() => {
-                tracing::warn!(error = %e, "nft is missing; no hostPort rules to remove");
-                Ok(None)
-            }
-            other => other.map_err(|e| kernel("cannot list nftables table inet berth-portmap", e)),
-        }
+    /// Whether `r` is a rule of ours whose tag satisfies `pred`.
+    fn owns(r: &ListedRule, pred: &dyn Fn(&Tag) -> bool) -> bool {
+        rules::RULE_CHAINS.contains(&r.chain.as_str())
+            && r.comment
+                .as_deref()
+                .and_then(Tag::parse)
+                .is_some_and(|t| pred(&t))
     }
 
     /// The listed rules of ours for which `pred` holds.
     fn owned<'a>(
         listing: &'a Listing,
         pred: &'a dyn Fn(&Tag) -> bool,
-    ) -> impl Iterator<Item = &'a nft::ListedRule> + 'a {
-        listing.rules.iter().filter(move |r| {
-            rules::RULE_CHAINS.contains(&r.chain.as_str())
-                && r.comment
-                    .as_deref()
-                    .and_then(Tag::parse)
-                    .is_some_and(|t| pred(&t))
-        })
+    ) -> impl Iterator<Item = &'a ListedRule> + 'a {
+        listing.rules.iter().filter(move |r| Self::owns(r, pred))
     }
 
     /// Installs `planned` for `tag`, replacing its previous rules, in one
     /// transaction.
     fn replace(&self, tag: &Tag, planned: &[Planned]) -> Result<(), CniError> {
-        let mut last = None;
-        for _ in 0..ATTEMPTS {
-            let listing = self.list()?.unwrap_or_default();
-            let mut batch = nft::batch();
-            rules::base(&mut batch);
-            let mine = |t: &Tag| t == tag;
-            for r in Self::owned(&listing, &mine) {
-                batch.add_cmd(rules::delete(&r.chain, r.handle));
-            }
-            rules::add(&mut batch, planned);
-            match self.nft.apply(batch) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_not_found() => last = Some(e),
-                Err(e) => return Err(kernel("cannot install the hostPort rules", e)),
-            }
-        }
-        Err(kernel(
-            "cannot install the hostPort rules",
-            last.map(|e| e.to_string()).unwrap_or_default(),
-        ))
+        let mine = |t: &Tag| t == tag;
+        self.nft
+            .apply_listed(&rules::table(), |listing| {
+                let mut batch = nft::batch();
+                rules::base(&mut batch);
+                for r in listing.iter().flat_map(|l| Self::owned(l, &mine)) {
+                    batch.add_cmd(rules::delete(&r.chain, r.handle));
+                }
+                rules::add(&mut batch, planned);
+                Some(batch)
+            })
+            .map_err(|e| kernel("cannot install the hostPort rules", e))
     }
 
-    /// Deletes the rules of ours whose tag satisfies `pred`; returns how many.
+    /// Deletes the rules of ours whose tag satisfies `pred`; returns how
+    /// many. A missing `nft` means no table: without it nothing of ours was
+    /// ever made, and a DEL must not fail for that.
     fn remove(&self, pred: &dyn Fn(&Tag) -> bool) -> Result<usize, CniError> {
-        let mut last: Option<NftError> = None;
-        for _ in 0..ATTEMPTS {
-            let Some(listing) = self.list_for_removal()? else {
-                return Ok(0);
-            };
-            let doomed: Vec<_> = Self::owned(&listing, pred).collect();
-            if doomed.is_empty() {
-                return Ok(0);
+        match self
+            .nft
+            .delete_rules_where(&rules::table(), |r| Self::owns(r, pred))
+        {
+            Err(e) if e.is_program_missing() => {
+                tracing::warn!(error = %e, "nft is missing; no hostPort rules to remove");
+                Ok(0)
             }
-            let mut batch = nft::batch();
-            for r in &doomed {
-                batch.add_cmd(rules::delete(&r.chain, r.handle));
-            }
-            match self.nft.apply(batch) {
-                Ok(()) => return Ok(doomed.len()),
-                Err(e) if e.is_not_found() => last = Some(e),
-                Err(e) => return Err(kernel("cannot delete hostPort rules", e)),
-            }
+            other => other.map_err(|e| kernel("cannot delete hostPort rules", e)),
         }
-        Err(kernel(
-            "cannot delete hostPort rules",
-            last.map(|e| e.to_string()).unwrap_or_default(),
-        ))
     }
 }
 

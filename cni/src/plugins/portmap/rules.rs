@@ -40,7 +40,7 @@ use nftables::types::{NfChainType, NfFamily, NfHook};
 use sha2::{Digest, Sha256};
 
 use super::config::{PortMapping, PortmapConf};
-use super::nft::{self, TableRef};
+use crate::nft::{self, TableRef};
 use crate::types::{CniError, code};
 
 pub const TABLE: &str = "berth-portmap";
@@ -93,7 +93,7 @@ impl Tag {
     }
 
     fn comment(&self, desc: &str) -> String {
-        nft::clip_comment(&format!("{} {desc}", self.word())).to_string()
+        nft::comment(&format!("{} {desc}", self.word()))
     }
 
     /// The (network, attachment) hashes of a comment of ours.
@@ -380,7 +380,7 @@ mod tests {
                 "masq fd00::5 mark 0x2000",
             ]
         );
-        assert!(rules.iter().all(|r| r.comment.len() <= nft::COMMENT_MAX));
+        assert!(rules.iter().all(|r| r.comment.len() <= nft::MAX_COMMENT));
         assert_eq!(
             localnet_target(&conf(vec![tcp(1, 1, None)]), &ips(&["10.0.0.5"])),
             Some(Ipv4Addr::new(10, 0, 0, 5))
@@ -445,7 +445,7 @@ mod tests {
         )
         .unwrap();
         for r in &rules {
-            assert!(r.comment.len() <= nft::COMMENT_MAX);
+            assert!(r.comment.len() <= nft::MAX_COMMENT);
             assert!(
                 r.comment.ends_with(":65535") || r.comment.contains("masq"),
                 "{}",
