@@ -68,7 +68,11 @@ fn parse_args() -> Result<Args> {
             }
         }
     };
-    ensure!(berth.is_file(), "{} not found: cargo build --release -p berth", berth.display());
+    ensure!(
+        berth.is_file(),
+        "{} not found: cargo build --release -p berth",
+        berth.display()
+    );
     Ok(Args { n, berth, only })
 }
 
@@ -133,53 +137,57 @@ fn main() -> Result<()> {
     let n = args.n;
     let root = scratch.path().to_owned();
     let modes_in = modes.clone();
-    let results = berth_cni::netns::run_in(&node.path(), move || -> Result<Vec<Vec<Duration>>> {
-        let modes = modes_in;
-        let mut times = vec![Vec::with_capacity(n); modes.len()];
-        let mut clients = Vec::new();
-        let mut nets = Vec::new();
-        for (i, m) in modes.iter().enumerate() {
-            let dirs = match m {
-                Mode::Reference => vec![PathBuf::from(REFERENCE_DIR)],
-                Mode::Berth | Mode::InProcess => vec![bin.clone()],
-            };
-            let mut c = Client::new(dirs, root.join(format!("cache-{i}")));
-            if *m == Mode::InProcess {
-                c = c.with_builtin(berth_cni::plugins::builtin);
-            }
-            clients.push(c);
-            let list = conflist(&root.join(format!("ipam-{i}")));
-            nets.push(NetworkConfig::from_list_value(&list, "bench")?);
-        }
-        // One warm-up round, then N timed rounds.
-        for round in 0..=n {
+    let results =
+        berth_cni::netns::run_in(&node.path(), move || -> Result<Vec<Vec<Duration>>> {
+            let modes = modes_in;
+            let mut times = vec![Vec::with_capacity(n); modes.len()];
+            let mut clients = Vec::new();
+            let mut nets = Vec::new();
             for (i, m) in modes.iter().enumerate() {
-                let pod = NetNs::new("benchpod")?;
-                let id = format!("bench-{i}-{round}");
-                let mut att = Attachment::new(&id, Some(&pod.path()), "eth0");
-                att.capability_args.insert(
-                    "portMappings".into(),
-                    json!([{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]),
-                );
-                let start = Instant::now();
-                clients[i]
-                    .add(&nets[i], &att)
-                    .with_context(|| format!("{} ADD", m.label()))?;
-                clients[i]
-                    .del(&nets[i], &att)
-                    .with_context(|| format!("{} DEL", m.label()))?;
-                let took = start.elapsed();
-                if round > 0 {
-                    times[i].push(took);
+                let dirs = match m {
+                    Mode::Reference => vec![PathBuf::from(REFERENCE_DIR)],
+                    Mode::Berth | Mode::InProcess => vec![bin.clone()],
+                };
+                let mut c = Client::new(dirs, root.join(format!("cache-{i}")));
+                if *m == Mode::InProcess {
+                    c = c.with_builtin(berth_cni::plugins::builtin);
+                }
+                clients.push(c);
+                let list = conflist(&root.join(format!("ipam-{i}")));
+                nets.push(NetworkConfig::from_list_value(&list, "bench")?);
+            }
+            // One warm-up round, then N timed rounds.
+            for round in 0..=n {
+                for (i, m) in modes.iter().enumerate() {
+                    let pod = NetNs::new("benchpod")?;
+                    let id = format!("bench-{i}-{round}");
+                    let mut att = Attachment::new(&id, Some(&pod.path()), "eth0");
+                    att.capability_args.insert(
+                        "portMappings".into(),
+                        json!([{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]),
+                    );
+                    let start = Instant::now();
+                    clients[i]
+                        .add(&nets[i], &att)
+                        .with_context(|| format!("{} ADD", m.label()))?;
+                    clients[i]
+                        .del(&nets[i], &att)
+                        .with_context(|| format!("{} DEL", m.label()))?;
+                    let took = start.elapsed();
+                    if round > 0 {
+                        times[i].push(took);
+                    }
                 }
             }
-        }
-        Ok(times)
-    })??;
+            Ok(times)
+        })??;
     drop(node);
 
     println!("\nADD then DEL of bridge + host-local + portmap + loopback, {n} each (round-robin)");
-    println!("{:<22} {:>10} {:>10} {:>10}", "plugins", "median ms", "p99 ms", "max ms");
+    println!(
+        "{:<22} {:>10} {:>10} {:>10}",
+        "plugins", "median ms", "p99 ms", "max ms"
+    );
     let mut medians = Vec::new();
     for (m, t) in modes.iter().zip(&results) {
         let mut t = t.clone();
