@@ -190,6 +190,12 @@ impl Plugin for Loopback {
     fn add(&self, inv: &Invocation, conf: &NetConf, _raw: &Value) -> Result<CniResult, CniError> {
         let ns = netns_of(inv)?;
         let st = run(ns, Op::Up).map_err(|e| to_cni(e, ns))?;
+        // In a chain, the pod's network is what came before: pass it on.
+        if let Some(prev) = &conf.prev_result {
+            let mut r = CniResult::from_value(prev)?;
+            r.cni_version = conf.cni_version.clone();
+            return Ok(r);
+        }
         Ok(CniResult {
             cni_version: conf.cni_version.clone(),
             interfaces: vec![Interface {
