@@ -43,6 +43,7 @@
 //! process exits, with processes a broken runtime left behind
 //! ([`leak::kill_strays`]).
 
+pub mod bench;
 pub mod bundle;
 pub mod caps;
 pub mod cgroup;

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use berth_cni::client::{Attachment, Client, NetworkConfig};
+use berth_integration::bench::percentile;
 use berth_integration::netns::NetNs;
-use berth_integration::runtime::{target_dir, which};
+use berth_integration::runtime::which;
 use berth_integration::workdir::tempdir;
 use serde_json::json;
 
@@ -58,15 +59,7 @@ fn parse_args() -> Result<Args> {
     );
     let berth = match berth {
         Some(b) => b,
-        None => {
-            let release = target_dir().join("release/berth");
-            if release.is_file() {
-                release
-            } else {
-                eprintln!("bench: target/release/berth missing; using the debug build (slow)");
-                target_dir().join("debug/berth")
-            }
-        }
+        None => berth_integration::bench::default_berth()?,
     };
     ensure!(
         berth.is_file(),
@@ -190,12 +183,10 @@ fn main() -> Result<()> {
     );
     let mut medians = Vec::new();
     for (m, t) in modes.iter().zip(&results) {
-        let mut t = t.clone();
-        t.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let median = t[t.len() / 2];
-        let p99 = t[(t.len() * 99).div_ceil(100) - 1];
-        let max = t[t.len() - 1];
+        let median = percentile(t, 50.0);
+        let p99 = percentile(t, 99.0);
+        let max = percentile(t, 100.0);
         medians.push((median, p99));
         println!(
             "{:<22} {:>10.2} {:>10.2} {:>10.2}",

@@ -19,11 +19,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use berth_integration::bench::{default_berth, percentile};
 use berth_integration::containerd::{self, Containerd};
 use berth_integration::images;
 use berth_integration::proc;
 use berth_integration::registry::{Client, Registry};
-use berth_integration::runtime::target_dir;
 use berth_integration::workdir::{mounts_below, tempdir};
 use berth_runtime::config::RegistryConfig;
 use berth_runtime::image::store::ImageStore;
@@ -57,24 +57,7 @@ fn parse_args() -> Result<Args> {
     ensure!(snapshots >= 1, "--snapshots must be at least 1");
     let berth = match berth {
         Some(p) => p,
-        None => {
-            let release = target_dir().join("release/berth");
-            let debug = target_dir().join("debug/berth");
-            if release.is_file() {
-                release
-            } else if debug.is_file() {
-                eprintln!(
-                    "bench: WARNING: no target/release/berth, using the debug build {} \
-                     (much slower; run `cargo build --release -p berth`)",
-                    debug.display()
-                );
-                debug
-            } else {
-                bail!(
-                    "no target/{{release,debug}}/berth: run `cargo build --release -p berth` or pass --berth"
-                );
-            }
-        }
+        None => default_berth()?,
     };
     Ok(Args {
         n,
@@ -109,13 +92,6 @@ fn timed(mut cmd: Command, err_file: &Path) -> Result<(Duration, u64)> {
         );
     }
     Ok((wall, ru.ru_maxrss as u64))
-}
-
-fn percentile<T: Copy + Ord>(v: &[T], p: f64) -> T {
-    let mut s = v.to_vec();
-    s.sort();
-    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
-    s[rank.clamp(1, s.len()) - 1]
 }
 
 fn ms(d: Duration) -> f64 {

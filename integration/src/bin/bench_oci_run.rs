@@ -14,9 +14,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use berth_integration::bench::{default_berth, percentile};
 use berth_integration::proc;
 use berth_integration::rootfs::clone_rootfs;
-use berth_integration::runtime::{target_dir, which};
+use berth_integration::runtime::which;
 use berth_integration::spec::Spec;
 use berth_integration::workdir::tempdir;
 
@@ -52,11 +53,7 @@ fn parse_args() -> Result<Args> {
     ensure!(n >= 50, "--n must be at least 50");
     let berth = match berth {
         Some(p) => p,
-        None => ["release", "debug"]
-            .iter()
-            .map(|p| target_dir().join(p).join("berth"))
-            .find(|p| p.is_file())
-            .context("no target/{release,debug}/berth: run `cargo build --release -p berth` or pass --berth")?,
+        None => default_berth()?,
     };
     let runc = match runc {
         Some(p) => p,
@@ -107,13 +104,6 @@ fn timed(exec: &Path, root: &Path, args: &[&str], err_file: &Path) -> Result<(Du
         );
     }
     Ok((wall, ru.ru_maxrss as u64))
-}
-
-fn percentile<T: Copy + Ord>(v: &[T], p: f64) -> T {
-    let mut s = v.to_vec();
-    s.sort();
-    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
-    s[rank.clamp(1, s.len()) - 1]
 }
 
 fn ms(d: Duration) -> f64 {
