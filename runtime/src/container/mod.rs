@@ -102,8 +102,23 @@ impl Engine {
     pub fn state(&self, id: &str) -> Result<Snapshot> {
         crate::id::validate(id)?;
         let st = self.root.load(id)?;
-        let exit = self.root.exit_record(id)?;
-        let status = self.status_of(&st, exit.as_ref());
+        let mut exit = self.root.exit_record(id)?;
+        let mut status = self.status_of(&st, exit.as_ref());
+        // The init is gone but its monitor, still alive, has not recorded
+        // the exit yet (it is reaping): the record follows within moments,
+        // and a caller told "stopped" expects it.
+        if status == Status::Stopped
+            && exit.is_none()
+            && let Some(m) = st.monitor_pid
+            && monitor_alive(m)
+        {
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while exit.is_none() && Instant::now() < deadline && monitor_alive(m) {
+                std::thread::sleep(Duration::from_millis(2));
+                exit = self.root.exit_record(id)?;
+            }
+            status = self.status_of(&st, exit.as_ref());
+        }
         Ok(Snapshot {
             state: st,
             status,
@@ -333,4 +348,9 @@ pub fn ensure_dir(path: &Path) -> Result<()> {
 /// (exit code, signal) of a finished process; 128 + signal when signalled.
 pub fn init_exit_code(status: nix::sys::wait::WaitStatus) -> (i32, Option<i32>) {
     wait::exit_code(status).unwrap_or((255, None))
+}
+
+/// Whether a monitor process still runs (not a zombie).
+fn monitor_alive(pid: i32) -> bool {
+    state::proc_stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
 }
