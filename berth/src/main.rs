@@ -6,6 +6,7 @@ mod cni;
 mod image;
 mod log;
 mod oci;
+mod runtime;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,8 @@ enum Command {
     Image(image::Args),
     /// CNI plugins: install them into a CNI bin dir.
     Cni(cni::Args),
+    /// The CRI daemon: serves the kubelet's image and runtime services on a unix socket.
+    Runtime(runtime::Args),
 }
 
 fn main() {
@@ -41,6 +44,7 @@ fn main() {
             Command::Oci(args) => oci::main(*args),
             Command::Image(args) => image::main(args),
             Command::Cni(args) => cni::main(args),
+            Command::Runtime(args) => runtime::main(args),
         }
     };
     std::process::exit(code);

@@ -5,6 +5,7 @@ pub mod cgroups;
 pub mod config;
 pub mod console;
 pub mod container;
+pub mod cri;
 pub mod crilog;
 pub mod hooks;
 pub mod id;

@@ -1,0 +1,138 @@
+//! `berth runtime`: the CRI daemon. Serves the CRI ImageService and
+//! RuntimeService on a unix socket for the kubelet (or crictl), and on
+//! SIGTERM or SIGINT stops accepting, lets running calls finish, removes its
+//! socket and exits 0.
+
+use std::io::{ErrorKind, IsTerminal};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use berth_runtime::config::RuntimeConfig;
+use berth_runtime::cri::{ImageServer, RuntimeServer};
+use berth_runtime::image::store::ImageStore;
+use clap::Parser;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tonic::codegen::tokio_stream::wrappers::UnixListenerStream;
+
+#[derive(Parser)]
+pub struct Args {
+    /// The unix socket to serve the CRI on.
+    #[arg(long, default_value = "/run/berth/berth.sock")]
+    socket: PathBuf,
+    /// The image store's directory.
+    #[arg(long, env = "BERTH_ROOT", default_value = "/var/lib/berth")]
+    root: PathBuf,
+    /// berth's runtime config (registry mirrors, plain-http hosts, credentials);
+    /// a missing file means the defaults.
+    #[arg(long, default_value = berth_runtime::config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Log at debug level (BERTH_LOG overrides).
+    #[arg(long)]
+    debug: bool,
+}
+
+pub fn main(args: Args) -> i32 {
+    init_logging(args.debug);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth runtime: starting the async runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(serve(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("berth runtime: {e:#}");
+            1
+        }
+    }
+}
+
+/// A daemon logs what it does at info level, unlike the one-shot commands.
+fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not for a journal or log file.
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+async fn serve(args: Args) -> Result<()> {
+    let config = RuntimeConfig::load_or_default(&args.config)
+        .with_context(|| format!("loading {}", args.config.display()))?;
+    let store = ImageStore::open(&args.root, &config.registry)
+        .with_context(|| format!("opening the image store at {}", args.root.display()))?;
+    let listener = bind(&args.socket).await?;
+    tracing::info!(socket = %args.socket.display(), root = %args.root.display(), "serving the CRI");
+
+    let result = tonic::transport::Server::builder()
+        .add_service(berth_proto::image_service_server(ImageServer::new(store)))
+        .add_service(berth_proto::runtime_service_server(RuntimeServer::new()))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal()?)
+        .await
+        .context("serving the CRI");
+    if let Err(e) = std::fs::remove_file(&args.socket)
+        && e.kind() != ErrorKind::NotFound
+    {
+        tracing::warn!(socket = %args.socket.display(), error = %e, "removing the socket");
+    }
+    tracing::info!("stopped");
+    result
+}
+
+/// Binds the socket (mode 0660), replacing a stale socket file a crashed
+/// daemon left, but never a live one or a file that is not a socket.
+async fn bind(socket: &Path) -> Result<UnixListener> {
+    if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match std::fs::symlink_metadata(socket) {
+        Ok(m) if m.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(socket).await.is_ok() {
+                bail!(
+                    "{}: another daemon is serving on this socket",
+                    socket.display()
+                );
+            }
+            tracing::info!(socket = %socket.display(), "removing a stale socket");
+            std::fs::remove_file(socket)
+                .with_context(|| format!("removing the stale socket {}", socket.display()))?;
+        }
+        Ok(_) => bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            socket.display()
+        ),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("checking {}", socket.display())),
+    }
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting the mode of {}", socket.display()))?;
+    Ok(listener)
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down");
+    })
+}

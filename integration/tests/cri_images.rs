@@ -1,0 +1,446 @@
+//! `berth runtime`, the CRI daemon, driven over its unix socket with the
+//! generated CRI client: Version, Status, RuntimeConfig, the whole
+//! ImageService against the fixture registry (open and token-authenticated),
+//! error codes, an RPC of a slice not built yet, and a clean SIGTERM exit.
+
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream as StdUnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use berth_integration::images;
+use berth_integration::registry::Registry;
+use berth_integration::rootfs::USER_UID;
+use berth_integration::runtime::berth_binary;
+use berth_integration::workdir::tempdir;
+use berth_proto::v1;
+use berth_proto::v1::image_service_client::ImageServiceClient;
+use berth_proto::v1::runtime_service_client::RuntimeServiceClient;
+use hyper_util::rt::TokioIo;
+use tempfile::TempDir;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A `berth runtime` on a private socket, root and config; killed on drop
+/// if a test fails before stopping it.
+struct Daemon {
+    dir: TempDir,
+    child: Child,
+}
+
+impl Daemon {
+    /// Starts the daemon; `config` is its runtime.toml (None: no file, which
+    /// means the defaults). A stale socket file, as a crashed daemon leaves
+    /// it, is in place first: the daemon must replace it.
+    fn start(config: Option<&str>) -> Result<Daemon> {
+        let dir = tempdir("cri-")?;
+        let config_path = dir.path().join("runtime.toml");
+        if let Some(text) = config {
+            std::fs::write(&config_path, text)?;
+        }
+        std::fs::create_dir_all(dir.path().join("run"))?;
+        drop(UnixListener::bind(dir.path().join("run/berth.sock"))?);
+        let log = File::create(dir.path().join("daemon.log"))?;
+        let child = Command::new(berth_binary()?)
+            .arg("runtime")
+            .arg("--socket")
+            .arg(dir.path().join("run/berth.sock"))
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting berth runtime")?;
+        let mut d = Daemon { dir, child };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while StdUnixStream::connect(d.socket()).is_err() {
+            if let Some(status) = d.child.try_wait()? {
+                bail!("berth runtime exited with {status}:\n{}", d.log());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "berth runtime did not serve on its socket in {START_TIMEOUT:?}:\n{}",
+                    d.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(d)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/berth.sock")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    fn terminate(&mut self) -> Result<ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "berth runtime still running {STOP_TIMEOUT:?} after SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A channel over the daemon's unix socket (the URI is a placeholder: the
+/// connector ignores it).
+async fn connect(socket: &Path) -> Result<Channel> {
+    let socket = socket.to_owned();
+    let channel = Endpoint::try_from("http://berth.invalid")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
+        .context("connecting to the CRI socket")?;
+    Ok(channel)
+}
+
+struct Clients {
+    images: ImageServiceClient<Channel>,
+    runtime: RuntimeServiceClient<Channel>,
+}
+
+async fn clients(d: &Daemon) -> Result<Clients> {
+    let channel = connect(&d.socket()).await?;
+    Ok(Clients {
+        images: berth_proto::image_service_client(channel.clone()),
+        runtime: berth_proto::runtime_service_client(channel),
+    })
+}
+
+fn spec(image: &str) -> Option<v1::ImageSpec> {
+    Some(v1::ImageSpec {
+        image: image.to_string(),
+        ..Default::default()
+    })
+}
+
+async fn pull(
+    c: &mut Clients,
+    image: &str,
+    auth: Option<v1::AuthConfig>,
+) -> Result<String, tonic::Status> {
+    let r = c
+        .images
+        .pull_image(v1::PullImageRequest {
+            image: spec(image),
+            auth,
+            sandbox_config: None,
+        })
+        .await?;
+    Ok(r.into_inner().image_ref)
+}
+
+async fn status(c: &mut Clients, image: &str, verbose: bool) -> Result<v1::ImageStatusResponse> {
+    Ok(c.images
+        .image_status(v1::ImageStatusRequest {
+            image: spec(image),
+            verbose,
+        })
+        .await?
+        .into_inner())
+}
+
+async fn list(c: &mut Clients, filter: Option<&str>) -> Result<Vec<v1::Image>> {
+    let filter = filter.map(|f| v1::ImageFilter { image: spec(f) });
+    Ok(c.images
+        .list_images(v1::ListImagesRequest { filter })
+        .await?
+        .into_inner()
+        .images)
+}
+
+fn rt() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+#[test]
+fn cri_image_service_over_the_socket_and_sigterm() -> Result<()> {
+    let reg = Registry::start()?;
+    images::push_standard(&reg)?;
+    let mut daemon = Daemon::start(Some(""))?;
+    let mode = std::fs::metadata(daemon.socket())?.permissions().mode() & 0o777;
+    ensure!(mode == 0o660, "the socket has mode {mode:o}, not 660");
+    let latest = reg.reference("busybox:latest");
+    let user = reg.reference("busybox:user");
+
+    rt()?
+        .block_on(async {
+            let mut c = clients(&daemon).await?;
+
+            let v = c
+                .runtime
+                .version(v1::VersionRequest::default())
+                .await?
+                .into_inner();
+            ensure!(v.version == "0.1.0", "{v:?}");
+            ensure!(v.runtime_name == "berth", "{v:?}");
+            ensure!(v.runtime_version == env!("CARGO_PKG_VERSION"), "{v:?}");
+            ensure!(v.runtime_api_version == "v1", "{v:?}");
+
+            let s = c
+                .runtime
+                .status(v1::StatusRequest::default())
+                .await?
+                .into_inner();
+            let conds = s.status.context("Status has no conditions")?.conditions;
+            let cond = |t: &str| conds.iter().find(|c| c.r#type == t).cloned();
+            ensure!(cond("RuntimeReady").is_some_and(|c| c.status), "{conds:?}");
+            let net = cond("NetworkReady").context("no NetworkReady condition")?;
+            ensure!(
+                !net.status && net.reason == "NetworkPluginNotReady",
+                "{net:?}"
+            );
+            ensure!(net.message.contains("not wired yet"), "{net:?}");
+
+            let rc = c
+                .runtime
+                .runtime_config(v1::RuntimeConfigRequest::default())
+                .await?
+                .into_inner();
+            ensure!(
+                rc.linux.map(|l| l.cgroup_driver) == Some(v1::CgroupDriver::Cgroupfs as i32),
+                "RuntimeConfig: cgroupfs expected"
+            );
+
+            // Absent: an empty answer, not an error.
+            let absent = status(&mut c, &latest, false).await?;
+            ensure!(
+                absent.image.is_none() && absent.info.is_empty(),
+                "{absent:?}"
+            );
+
+            let id = pull(&mut c, &latest, None).await?;
+            ensure!(
+                id.starts_with("sha256:") && id.len() == 71,
+                "image_ref {id:?} is not an image ID"
+            );
+            let user_id = pull(&mut c, &user, None).await?;
+            ensure!(
+                user_id != id,
+                "busybox:user and busybox:latest share ID {id}"
+            );
+
+            let all = list(&mut c, None).await?;
+            ensure!(all.len() == 2, "{all:?}");
+            let one = list(&mut c, Some(&latest)).await?;
+            ensure!(one.len() == 1 && one[0].id == id, "{one:?}");
+            ensure!(one[0].repo_tags == vec![latest.clone()], "{one:?}");
+            ensure!(
+                one[0].repo_digests.iter().all(|d| d.contains("@sha256:"))
+                    && !one[0].repo_digests.is_empty(),
+                "{one:?}"
+            );
+            ensure!(one[0].size > 0, "{one:?}");
+            ensure!(list(&mut c, Some("nothing-here:latest")).await?.is_empty());
+
+            let st = status(&mut c, &user, true).await?;
+            let image = st
+                .image
+                .clone()
+                .context("ImageStatus: busybox:user not found")?;
+            ensure!(image.id == user_id, "{st:?}");
+            ensure!(
+                image.uid.map(|u| u.value) == Some(i64::from(USER_UID)),
+                "{st:?}"
+            );
+            ensure!(image.username.is_empty(), "{st:?}");
+            let info: serde_json::Value = serde_json::from_str(
+                st.info
+                    .get("info")
+                    .context("verbose ImageStatus has no info")?,
+            )?;
+            ensure!(
+                info["config"]["User"] == format!("{USER_UID}:{USER_UID}"),
+                "{info}"
+            );
+            let brief = status(&mut c, &user_id, false).await?;
+            ensure!(brief.image.is_some_and(|i| i.id == user_id) && brief.info.is_empty());
+
+            let fs = c
+                .images
+                .image_fs_info(v1::ImageFsInfoRequest::default())
+                .await?
+                .into_inner();
+            let usage = fs
+                .image_filesystems
+                .first()
+                .context("no image filesystem")?;
+            ensure!(
+                usage.fs_id.as_ref().map(|f| f.mountpoint.as_str())
+                    == Some(daemon.dir.path().join("root").to_str().unwrap_or_default()),
+                "{fs:?}"
+            );
+            ensure!(usage.used_bytes.is_some_and(|b| b.value > 0), "{fs:?}");
+            ensure!(usage.inodes_used.is_some_and(|i| i.value > 0), "{fs:?}");
+            ensure!(usage.timestamp > 1_600_000_000_000_000_000, "{fs:?}");
+
+            for round in 0..2 {
+                c.images
+                    .remove_image(v1::RemoveImageRequest {
+                        image: spec(&latest),
+                    })
+                    .await
+                    .with_context(|| format!("RemoveImage round {round}"))?;
+            }
+            let left = list(&mut c, None).await?;
+            ensure!(left.len() == 1 && left[0].id == user_id, "{left:?}");
+
+            let bad = pull(&mut c, "Not A Reference!", None)
+                .await
+                .err()
+                .context("a bad reference pulled")?;
+            ensure!(bad.code() == Code::InvalidArgument, "{bad:?}");
+            ensure!(bad.message().contains("Not A Reference!"), "{bad:?}");
+            let empty = pull(&mut c, "", None)
+                .await
+                .err()
+                .context("an empty reference pulled")?;
+            ensure!(empty.code() == Code::InvalidArgument, "{empty:?}");
+            let missing = pull(&mut c, &reg.reference("busybox:nope"), None)
+                .await
+                .err()
+                .context("a missing tag pulled")?;
+            ensure!(missing.code() == Code::NotFound, "{missing:?}");
+
+            let unimpl = c
+                .runtime
+                .run_pod_sandbox(v1::RunPodSandboxRequest::default())
+                .await
+                .err()
+                .context("RunPodSandbox succeeded")?;
+            ensure!(unimpl.code() == Code::Unimplemented, "{unimpl:?}");
+            ensure!(
+                unimpl.message().contains("RunPodSandbox")
+                    && unimpl.message().contains("not implemented yet"),
+                "{unimpl:?}"
+            );
+            Ok(())
+        })
+        .with_context(|| format!("daemon log:\n{}", daemon.log()))?;
+
+    // A second daemon must not take over a live socket.
+    let second = Command::new(berth_binary()?)
+        .arg("runtime")
+        .arg("--socket")
+        .arg(daemon.socket())
+        .arg("--root")
+        .arg(daemon.dir.path().join("root2"))
+        .arg("--config")
+        .arg(daemon.dir.path().join("none.toml"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    ensure!(
+        second.status.code() == Some(1) && stderr.contains("another daemon"),
+        "a second daemon on a live socket: {}: {stderr}",
+        second.status
+    );
+    ensure!(
+        StdUnixStream::connect(daemon.socket()).is_ok(),
+        "the second daemon broke the first's socket"
+    );
+
+    let exit = daemon.terminate()?;
+    ensure!(
+        exit.code() == Some(0),
+        "berth runtime exited with {exit} on SIGTERM:\n{}",
+        daemon.log()
+    );
+    ensure!(!daemon.socket().exists(), "the socket outlived the daemon");
+    Ok(())
+}
+
+#[test]
+fn cri_pull_with_registry_credentials() -> Result<()> {
+    let reg = Registry::start_with_token_auth("alice", "s3cret")?;
+    reg.client().push("busybox", "latest", images::busybox()?)?;
+    let daemon = Daemon::start(None)?;
+    let image = reg.reference("busybox:latest");
+
+    rt()?
+        .block_on(async {
+            let mut c = clients(&daemon).await?;
+            let anonymous = pull(&mut c, &image, None)
+                .await
+                .err()
+                .context("an anonymous pull passed")?;
+            ensure!(
+                matches!(
+                    anonymous.code(),
+                    Code::Unauthenticated | Code::PermissionDenied
+                ),
+                "{anonymous:?}"
+            );
+            let wrong = v1::AuthConfig {
+                username: "alice".into(),
+                password: "wrong".into(),
+                ..Default::default()
+            };
+            let denied = pull(&mut c, &image, Some(wrong))
+                .await
+                .err()
+                .context("a wrong password passed")?;
+            ensure!(
+                matches!(
+                    denied.code(),
+                    Code::Unauthenticated | Code::PermissionDenied
+                ),
+                "{denied:?}"
+            );
+            ensure!(
+                !denied.message().contains("wrong"),
+                "the password leaked: {denied:?}"
+            );
+
+            let auth = v1::AuthConfig {
+                username: "alice".into(),
+                password: "s3cret".into(),
+                ..Default::default()
+            };
+            let id = pull(&mut c, &image, Some(auth)).await?;
+            let listed = list(&mut c, Some(&image)).await?;
+            ensure!(listed.len() == 1 && listed[0].id == id, "{listed:?}");
+            Ok(())
+        })
+        .with_context(|| format!("daemon log:\n{}", daemon.log()))
+}

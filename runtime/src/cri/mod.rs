@@ -1,0 +1,399 @@
+//! The CRI (`runtime.v1`) gRPC services `berth runtime` serves: the
+//! ImageService over the node's image store and the RuntimeService.
+//!
+//! One file per RPC group, as containerd's CRI plugin lays them out; this
+//! module holds the service structs and the trait impls that dispatch to
+//! them. RuntimeService RPCs for pods and containers answer `Unimplemented`
+//! until the sandbox and container slices land: an honest error lets the
+//! kubelet report it instead of acting on a made-up answer.
+
+mod error;
+mod image_fs_info;
+mod image_list;
+mod image_pull;
+mod image_remove;
+mod image_status;
+mod status;
+mod version;
+
+use std::sync::Arc;
+
+use berth_proto::v1;
+use berth_proto::v1::image_service_server::ImageService;
+use berth_proto::v1::runtime_service_server::RuntimeService;
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status};
+
+use crate::image::store::ImageStore;
+
+pub use error::{image_status as image_error_status, pull_status, registry_status};
+
+/// The CRI ImageService over one image store.
+#[derive(Debug, Clone)]
+pub struct ImageServer {
+    store: Arc<ImageStore>,
+}
+
+impl ImageServer {
+    pub fn new(store: ImageStore) -> Self {
+        Self {
+            store: Arc::new(store),
+        }
+    }
+
+    /// Runs store work that blocks (file I/O, locks) off the async workers.
+    async fn blocking<T, F>(&self, what: &str, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ImageStore) -> Result<T, Status> + Send + 'static,
+    {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Status::internal(format!("{what}: the store worker failed: {e}")))?
+    }
+}
+
+/// The CRI RuntimeService. Stateless for now: pods and containers come with
+/// the next slices.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeServer {}
+
+impl RuntimeServer {
+    pub fn new() -> Self {
+        Self {}
+    }
+}
+
+/// The answer of an RPC whose slice has not landed yet.
+fn not_yet(rpc: &str) -> Status {
+    Status::unimplemented(format!(
+        "berth runtime: {rpc} is not implemented yet (this build serves images, Version, Status and RuntimeConfig)"
+    ))
+}
+
+/// The image a request names, which every image RPC needs.
+fn requested_image(rpc: &str, spec: Option<&v1::ImageSpec>) -> Result<String, Status> {
+    match spec.map(|s| s.image.trim()) {
+        Some(i) if !i.is_empty() => Ok(i.to_string()),
+        _ => Err(Status::invalid_argument(format!(
+            "{rpc}: the request names no image (image.image is empty)"
+        ))),
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for ImageServer {
+    type StreamImagesStream = BoxStream<v1::StreamImagesResponse>;
+
+    async fn list_images(
+        &self,
+        request: Request<v1::ListImagesRequest>,
+    ) -> Result<Response<v1::ListImagesResponse>, Status> {
+        image_list::list_images(self, request.into_inner()).await
+    }
+
+    async fn stream_images(
+        &self,
+        request: Request<v1::StreamImagesRequest>,
+    ) -> Result<Response<Self::StreamImagesStream>, Status> {
+        image_list::stream_images(self, request.into_inner()).await
+    }
+
+    async fn image_status(
+        &self,
+        request: Request<v1::ImageStatusRequest>,
+    ) -> Result<Response<v1::ImageStatusResponse>, Status> {
+        image_status::image_status(self, request.into_inner()).await
+    }
+
+    async fn pull_image(
+        &self,
+        request: Request<v1::PullImageRequest>,
+    ) -> Result<Response<v1::PullImageResponse>, Status> {
+        image_pull::pull_image(self, request.into_inner()).await
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<v1::RemoveImageRequest>,
+    ) -> Result<Response<v1::RemoveImageResponse>, Status> {
+        image_remove::remove_image(self, request.into_inner()).await
+    }
+
+    async fn image_fs_info(
+        &self,
+        request: Request<v1::ImageFsInfoRequest>,
+    ) -> Result<Response<v1::ImageFsInfoResponse>, Status> {
+        image_fs_info::image_fs_info(self, request.into_inner()).await
+    }
+}
+
+#[tonic::async_trait]
+impl RuntimeService for RuntimeServer {
+    type StreamPodSandboxesStream = BoxStream<v1::StreamPodSandboxesResponse>;
+    type StreamContainersStream = BoxStream<v1::StreamContainersResponse>;
+    type StreamContainerStatsStream = BoxStream<v1::StreamContainerStatsResponse>;
+    type StreamPodSandboxStatsStream = BoxStream<v1::StreamPodSandboxStatsResponse>;
+    type GetContainerEventsStream = BoxStream<v1::ContainerEventResponse>;
+    type StreamPodSandboxMetricsStream = BoxStream<v1::StreamPodSandboxMetricsResponse>;
+
+    async fn version(
+        &self,
+        request: Request<v1::VersionRequest>,
+    ) -> Result<Response<v1::VersionResponse>, Status> {
+        version::version(request.into_inner())
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        _request: Request<v1::RunPodSandboxRequest>,
+    ) -> Result<Response<v1::RunPodSandboxResponse>, Status> {
+        Err(not_yet("RunPodSandbox"))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        _request: Request<v1::StopPodSandboxRequest>,
+    ) -> Result<Response<v1::StopPodSandboxResponse>, Status> {
+        Err(not_yet("StopPodSandbox"))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        _request: Request<v1::RemovePodSandboxRequest>,
+    ) -> Result<Response<v1::RemovePodSandboxResponse>, Status> {
+        Err(not_yet("RemovePodSandbox"))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        _request: Request<v1::PodSandboxStatusRequest>,
+    ) -> Result<Response<v1::PodSandboxStatusResponse>, Status> {
+        Err(not_yet("PodSandboxStatus"))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        _request: Request<v1::ListPodSandboxRequest>,
+    ) -> Result<Response<v1::ListPodSandboxResponse>, Status> {
+        Err(not_yet("ListPodSandbox"))
+    }
+
+    async fn stream_pod_sandboxes(
+        &self,
+        _request: Request<v1::StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        Err(not_yet("StreamPodSandboxes"))
+    }
+
+    async fn create_container(
+        &self,
+        _request: Request<v1::CreateContainerRequest>,
+    ) -> Result<Response<v1::CreateContainerResponse>, Status> {
+        Err(not_yet("CreateContainer"))
+    }
+
+    async fn start_container(
+        &self,
+        _request: Request<v1::StartContainerRequest>,
+    ) -> Result<Response<v1::StartContainerResponse>, Status> {
+        Err(not_yet("StartContainer"))
+    }
+
+    async fn stop_container(
+        &self,
+        _request: Request<v1::StopContainerRequest>,
+    ) -> Result<Response<v1::StopContainerResponse>, Status> {
+        Err(not_yet("StopContainer"))
+    }
+
+    async fn remove_container(
+        &self,
+        _request: Request<v1::RemoveContainerRequest>,
+    ) -> Result<Response<v1::RemoveContainerResponse>, Status> {
+        Err(not_yet("RemoveContainer"))
+    }
+
+    async fn list_containers(
+        &self,
+        _request: Request<v1::ListContainersRequest>,
+    ) -> Result<Response<v1::ListContainersResponse>, Status> {
+        Err(not_yet("ListContainers"))
+    }
+
+    async fn stream_containers(
+        &self,
+        _request: Request<v1::StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        Err(not_yet("StreamContainers"))
+    }
+
+    async fn container_status(
+        &self,
+        _request: Request<v1::ContainerStatusRequest>,
+    ) -> Result<Response<v1::ContainerStatusResponse>, Status> {
+        Err(not_yet("ContainerStatus"))
+    }
+
+    async fn update_container_resources(
+        &self,
+        _request: Request<v1::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<v1::UpdateContainerResourcesResponse>, Status> {
+        Err(not_yet("UpdateContainerResources"))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        _request: Request<v1::ReopenContainerLogRequest>,
+    ) -> Result<Response<v1::ReopenContainerLogResponse>, Status> {
+        Err(not_yet("ReopenContainerLog"))
+    }
+
+    async fn exec_sync(
+        &self,
+        _request: Request<v1::ExecSyncRequest>,
+    ) -> Result<Response<v1::ExecSyncResponse>, Status> {
+        Err(not_yet("ExecSync"))
+    }
+
+    async fn exec(
+        &self,
+        _request: Request<v1::ExecRequest>,
+    ) -> Result<Response<v1::ExecResponse>, Status> {
+        Err(not_yet("Exec"))
+    }
+
+    async fn attach(
+        &self,
+        _request: Request<v1::AttachRequest>,
+    ) -> Result<Response<v1::AttachResponse>, Status> {
+        Err(not_yet("Attach"))
+    }
+
+    async fn port_forward(
+        &self,
+        _request: Request<v1::PortForwardRequest>,
+    ) -> Result<Response<v1::PortForwardResponse>, Status> {
+        Err(not_yet("PortForward"))
+    }
+
+    async fn container_stats(
+        &self,
+        _request: Request<v1::ContainerStatsRequest>,
+    ) -> Result<Response<v1::ContainerStatsResponse>, Status> {
+        Err(not_yet("ContainerStats"))
+    }
+
+    async fn list_container_stats(
+        &self,
+        _request: Request<v1::ListContainerStatsRequest>,
+    ) -> Result<Response<v1::ListContainerStatsResponse>, Status> {
+        Err(not_yet("ListContainerStats"))
+    }
+
+    async fn stream_container_stats(
+        &self,
+        _request: Request<v1::StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        Err(not_yet("StreamContainerStats"))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        _request: Request<v1::PodSandboxStatsRequest>,
+    ) -> Result<Response<v1::PodSandboxStatsResponse>, Status> {
+        Err(not_yet("PodSandboxStats"))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _request: Request<v1::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<v1::ListPodSandboxStatsResponse>, Status> {
+        Err(not_yet("ListPodSandboxStats"))
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        _request: Request<v1::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        Err(not_yet("StreamPodSandboxStats"))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        _request: Request<v1::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<v1::UpdateRuntimeConfigResponse>, Status> {
+        Err(not_yet("UpdateRuntimeConfig"))
+    }
+
+    async fn status(
+        &self,
+        request: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        status::status(request.into_inner())
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _request: Request<v1::CheckpointContainerRequest>,
+    ) -> Result<Response<v1::CheckpointContainerResponse>, Status> {
+        Err(not_yet("CheckpointContainer"))
+    }
+
+    async fn checkpoint_pod(
+        &self,
+        _request: Request<v1::CheckpointPodRequest>,
+    ) -> Result<Response<v1::CheckpointPodResponse>, Status> {
+        Err(not_yet("CheckpointPod"))
+    }
+
+    async fn restore_pod(
+        &self,
+        _request: Request<v1::RestorePodRequest>,
+    ) -> Result<Response<v1::RestorePodResponse>, Status> {
+        Err(not_yet("RestorePod"))
+    }
+
+    async fn get_container_events(
+        &self,
+        _request: Request<v1::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Err(not_yet("GetContainerEvents"))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<v1::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<v1::ListMetricDescriptorsResponse>, Status> {
+        Err(not_yet("ListMetricDescriptors"))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<v1::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<v1::ListPodSandboxMetricsResponse>, Status> {
+        Err(not_yet("ListPodSandboxMetrics"))
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _request: Request<v1::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        Err(not_yet("StreamPodSandboxMetrics"))
+    }
+
+    async fn runtime_config(
+        &self,
+        request: Request<v1::RuntimeConfigRequest>,
+    ) -> Result<Response<v1::RuntimeConfigResponse>, Status> {
+        status::runtime_config(request.into_inner())
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        _request: Request<v1::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<v1::UpdatePodSandboxResourcesResponse>, Status> {
+        Err(not_yet("UpdatePodSandboxResources"))
+    }
+}
