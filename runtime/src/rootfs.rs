@@ -156,6 +156,24 @@ pub fn propagation_flags(name: &str) -> Result<MsFlags> {
     Ok(o.propagation)
 }
 
+/// openat2, retried while the kernel answers EAGAIN: with RESOLVE_IN_ROOT it
+/// does so when a rename or mount anywhere on the host raced the lookup and
+/// it cannot prove `..` stayed inside (busy hosts see this; one retry usually
+/// suffices), and EINTR.
+fn openat2<P: ?Sized + nix::NixPath>(
+    dir: &impl AsFd,
+    path: &P,
+    how: OpenHow,
+) -> nix::Result<std::os::fd::OwnedFd> {
+    let mut tries = 0;
+    loop {
+        match nix::fcntl::openat2(dir, path, how) {
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) if tries < 128 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
 fn open_how(flags: OFlag) -> OpenHow {
     OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC)
@@ -195,10 +213,10 @@ pub fn resolve_in_root(root: &impl AsFd, path: &Path, create: Create) -> Result<
         source,
     };
     if rel.as_os_str().is_empty() {
-        let fd = nix::fcntl::openat2(root, ".", open_how(OFlag::O_PATH)).map_err(err)?;
+        let fd = openat2(root, ".", open_how(OFlag::O_PATH)).map_err(err)?;
         return Ok(fd_path(fd));
     }
-    match nix::fcntl::openat2(root, &rel, open_how(OFlag::O_PATH)) {
+    match openat2(root, &rel, open_how(OFlag::O_PATH)) {
         Ok(fd) => return Ok(fd_path(fd)),
         Err(Errno::ENOENT) if create != Create::Nothing => {}
         Err(e) => return Err(err(e)),
@@ -209,7 +227,7 @@ pub fn resolve_in_root(root: &impl AsFd, path: &Path, create: Create) -> Result<
         let parts: Vec<std::ffi::OsString> = target.iter().map(|c| c.to_owned()).collect();
         let mut prefix = PathBuf::new();
         for (i, part) in parts.iter().enumerate() {
-            let parent = nix::fcntl::openat2(
+            let parent = openat2(
                 root,
                 if prefix.as_os_str().is_empty() {
                     Path::new(".")
@@ -226,7 +244,7 @@ pub fn resolve_in_root(root: &impl AsFd, path: &Path, create: Create) -> Result<
             })?;
             let parent_path = prefix.clone();
             prefix.push(part);
-            match nix::fcntl::openat2(root, &prefix, open_how(OFlag::O_PATH)) {
+            match openat2(root, &prefix, open_how(OFlag::O_PATH)) {
                 Ok(_) => continue,
                 Err(Errno::ENOENT) => {}
                 Err(e) => return Err(err(e)),
@@ -278,7 +296,7 @@ pub fn resolve_in_root(root: &impl AsFd, path: &Path, create: Create) -> Result<
         }
         break;
     }
-    let fd = nix::fcntl::openat2(root, &target, open_how(OFlag::O_PATH)).map_err(err)?;
+    let fd = openat2(root, &target, open_how(OFlag::O_PATH)).map_err(err)?;
     Ok(fd_path(fd))
 }
 
