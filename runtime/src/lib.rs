@@ -13,6 +13,7 @@ pub mod image;
 pub mod monitor;
 pub mod process;
 pub mod rootfs;
+pub mod sandbox;
 pub mod seccomp;
 pub mod state;
 pub mod syscall;

@@ -13,7 +13,9 @@ mod image_list;
 mod image_pull;
 mod image_remove;
 mod image_status;
+pub mod spec;
 mod status;
+pub mod user;
 mod version;
 
 use std::sync::Arc;
