@@ -39,6 +39,13 @@ fn main() {
         oci::main(<oci::Args as Parser>::parse())
     } else if berth_cni::plugins::NAMES.contains(&name.as_str()) {
         berth_cni::exec::plugin_main(&name)
+    } else if std::env::args().nth(1).as_deref() == Some(berth_runtime::sandbox::pidns::SUBCOMMAND)
+    {
+        // The init of a pod's shared pid namespace (started by the daemon).
+        match std::env::args_os().nth(2) {
+            Some(p) => berth_runtime::sandbox::pidns::init_main(std::path::Path::new(&p)),
+            None => 2,
+        }
     } else {
         match Cli::parse().command {
             Command::Oci(args) => oci::main(*args),

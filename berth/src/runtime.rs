@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use berth_runtime::config::RuntimeConfig;
-use berth_runtime::cri::{ImageServer, RuntimeServer};
+use std::sync::Arc;
+
+use berth_runtime::cri::{Daemon, ImageServer, Paths, RuntimeServer};
 use berth_runtime::image::store::ImageStore;
 use clap::Parser;
 use tokio::net::UnixListener;
@@ -21,9 +23,25 @@ pub struct Args {
     /// The unix socket to serve the CRI on.
     #[arg(long, default_value = "/run/berth/berth.sock")]
     socket: PathBuf,
-    /// The image store's directory.
+    /// Persistent state: images, pod and container records.
     #[arg(long, env = "BERTH_ROOT", default_value = "/var/lib/berth")]
     root: PathBuf,
+    /// Volatile state (lost at reboot): pinned namespaces, the pods' /dev/shm,
+    /// the engine's container state.
+    #[arg(long, env = "BERTH_STATE", default_value = "/run/berth")]
+    state: PathBuf,
+    /// The CNI config dir (overrides `[cni] conf_dir`).
+    #[arg(long = "cni-conf-dir")]
+    cni_conf_dir: Option<PathBuf>,
+    /// CNI plugin dirs, colon-separated (overrides `[cni] bin_dirs`).
+    #[arg(long = "cni-bin-dir")]
+    cni_bin_dir: Option<String>,
+    /// The CNI result cache (overrides `[cni] cache_dir`).
+    #[arg(long = "cni-cache-dir")]
+    cni_cache_dir: Option<PathBuf>,
+    /// The cgroup holding all of berth's (overrides `[cgroup] root`).
+    #[arg(long = "cgroup-root")]
+    cgroup_root: Option<String>,
     /// berth's runtime config (registry mirrors, plain-http hosts, credentials);
     /// a missing file means the defaults.
     #[arg(long, default_value = berth_runtime::config::DEFAULT_PATH)]
@@ -57,7 +75,12 @@ pub fn main(args: Args) -> i32 {
 
 /// A daemon logs what it does at info level, unlike the one-shot commands.
 fn init_logging(debug: bool) {
-    let default = if debug { "debug" } else { "info" };
+    // Debug is berth's own; the HTTP/2 and TLS stacks stay at info.
+    let default = if debug {
+        "info,berth=debug,berth_runtime=debug,berth_cni=debug"
+    } else {
+        "info"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
@@ -69,16 +92,46 @@ fn init_logging(debug: bool) {
 }
 
 async fn serve(args: Args) -> Result<()> {
-    let config = RuntimeConfig::load_or_default(&args.config)
+    let mut config = RuntimeConfig::load_or_default(&args.config)
         .with_context(|| format!("loading {}", args.config.display()))?;
-    let store = ImageStore::open(&args.root, &config.registry)
-        .with_context(|| format!("opening the image store at {}", args.root.display()))?;
+    if let Some(d) = &args.cni_conf_dir {
+        config.cni.conf_dir = d.clone();
+    }
+    if let Some(d) = &args.cni_bin_dir {
+        config.cni.bin_dirs = std::env::split_paths(d).collect();
+    }
+    if let Some(d) = &args.cni_cache_dir {
+        config.cni.cache_dir = d.clone();
+    }
+    if let Some(c) = &args.cgroup_root {
+        config.cgroup.root = c.clone();
+    }
+    let store = Arc::new(
+        ImageStore::open(&args.root, &config.registry)
+            .with_context(|| format!("opening the image store at {}", args.root.display()))?,
+    );
+    let exe = std::env::current_exe().context("finding berth's own executable")?;
+    let paths = Paths {
+        root: args.root.clone(),
+        state: args.state.clone(),
+    };
+    let root = args.root.clone();
+    let daemon = tokio::task::spawn_blocking(move || {
+        Daemon::open(&config, Arc::clone(&store), paths, exe).map(|d| (d, store))
+    })
+    .await
+    .context("recovering state")?
+    .map_err(anyhow::Error::msg)
+    .with_context(|| format!("recovering state from {}", root.display()))?;
+    let (daemon, store) = daemon;
     let listener = bind(&args.socket).await?;
     tracing::info!(socket = %args.socket.display(), root = %args.root.display(), "serving the CRI");
 
     let result = tonic::transport::Server::builder()
         .add_service(berth_proto::image_service_server(ImageServer::new(store)))
-        .add_service(berth_proto::runtime_service_server(RuntimeServer::new()))
+        .add_service(berth_proto::runtime_service_server(RuntimeServer::new(
+            daemon,
+        )))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal()?)
         .await
         .context("serving the CRI");

@@ -50,6 +50,7 @@ pub mod cgroup;
 pub mod cni;
 pub mod console;
 pub mod containerd;
+pub mod cri;
 pub mod exec;
 pub mod http;
 pub mod image;

@@ -63,6 +63,92 @@ pub enum ConfigError {
 pub struct RuntimeConfig {
     /// `[registry]`: how images are pulled.
     pub registry: RegistryConfig,
+    /// `[cni]`: pod networking.
+    pub cni: CniConfig,
+    /// `[cgroup]`: where containers' cgroups go.
+    pub cgroup: CgroupSettings,
+    /// `[stream]`: the exec, attach and port-forward server.
+    pub stream: StreamConfig,
+}
+
+/// `[cni]`: where network configs and plugins are, as containerd's CRI
+/// plugin names them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniConfig {
+    /// The first valid `.conflist`/`.conf` here (by name) is the pod network.
+    pub conf_dir: PathBuf,
+    /// Plugin executables are looked up here, in order.
+    pub bin_dirs: Vec<PathBuf>,
+    /// Results of ADD, kept for DEL after a restart.
+    pub cache_dir: PathBuf,
+    /// A conflist with `{{.PodCIDR}}` (and `{{.PodCIDRRanges}}`), written to
+    /// `conf_dir/10-berth.conflist` when the kubelet sends the node's pod
+    /// CIDR (UpdateRuntimeConfig). Empty: the kubelet's CIDR is only logged.
+    pub conf_template: Option<PathBuf>,
+    /// Run the plugin types berth has built in (bridge, host-local,
+    /// portmap, loopback) inside the daemon instead of executing them; a
+    /// list with `"berth.dev/in-process": false` still runs executables.
+    pub builtin: bool,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        Self {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin")],
+            cache_dir: PathBuf::from("/var/lib/cni"),
+            conf_template: None,
+            builtin: true,
+        }
+    }
+}
+
+/// `[cgroup]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CgroupSettings {
+    /// The cgroup (in every hierarchy) that holds all of berth's; pod cgroup
+    /// parents from the kubelet are laid out below it.
+    pub root: String,
+    /// `cgroupfs` or `systemd` (names such as `kubepods-pod1.slice`, laid
+    /// out as systemd would, without talking to systemd).
+    pub driver: CgroupDriver,
+}
+
+impl Default for CgroupSettings {
+    fn default() -> Self {
+        Self {
+            root: "berth".into(),
+            driver: CgroupDriver::Cgroupfs,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    #[default]
+    Cgroupfs,
+    Systemd,
+}
+
+/// `[stream]`: where the streaming server listens (containerd's
+/// `stream_server_address` and `stream_server_port`; port 0 picks one).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    pub address: String,
+    pub port: u16,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1".into(),
+            port: 0,
+        }
+    }
 }
 
 impl RuntimeConfig {

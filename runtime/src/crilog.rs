@@ -777,3 +777,70 @@ mod tests {
         }
     }
 }
+
+/// Unix nanoseconds of a timestamp as [`format_timestamp`] writes it
+/// (`YYYY-MM-DDTHH:MM:SS[.fraction]Z`); `None` if it is not one.
+pub fn parse_timestamp(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let rest = s.get(19..)?.strip_suffix('Z')?;
+    let nanos = match rest.strip_prefix('.') {
+        Some(frac)
+            if !frac.is_empty() && frac.len() <= 9 && frac.bytes().all(|c| c.is_ascii_digit()) =>
+        {
+            frac.parse::<i64>().ok()? * 10i64.pow(9 - frac.len() as u32)
+        }
+        None if rest.is_empty() => 0,
+        _ => return None,
+    };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    // Days from the civil date (proleptic Gregorian), Howard Hinnant's method.
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3_600 + mi * 60 + sec;
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_round_trip() {
+        for nanos in [0u64, 1, 1_700_000_000_123_456_789, 951_782_400_000_000_000] {
+            let t = UNIX_EPOCH + Duration::from_nanos(nanos);
+            assert_eq!(parse_timestamp(&format_timestamp(t)), Some(nanos as i64));
+        }
+        assert_eq!(
+            parse_timestamp("2024-01-02T03:04:05Z"),
+            Some(1_704_164_645_000_000_000)
+        );
+        assert_eq!(
+            parse_timestamp("2024-01-02T03:04:05.5Z"),
+            Some(1_704_164_645_500_000_000)
+        );
+        assert_eq!(parse_timestamp(""), None);
+        assert_eq!(parse_timestamp("2024-13-02T03:04:05Z"), None);
+        assert_eq!(parse_timestamp("2024-01-02 03:04:05Z"), None);
+    }
+}

@@ -912,6 +912,24 @@ pub fn mount_console(sys: &dyn Syscall, slave: &Path) -> Result<()> {
         .map_err(mount_err("binding the console", console))
 }
 
+/// Reads at most `limit` bytes of `path` inside `root` (a container's root
+/// filesystem, before it runs), resolving `..` and symlinks as if `root` were
+/// `/`, so an image cannot point the read at the host. `None` when the file
+/// does not exist.
+pub fn read_in_root(root: &Path, path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let dir = std::fs::File::open(root)?;
+    match openat2(&dir, relative(path).as_path(), open_how(OFlag::O_RDONLY)) {
+        Ok(fd) => {
+            let mut out = Vec::new();
+            std::fs::File::from(fd).take(limit).read_to_end(&mut out)?;
+            Ok(Some(out))
+        }
+        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1048,23 +1066,5 @@ mod tests {
         assert_eq!(h[0].fstype, "cgroup2");
         assert_eq!(h[1].options, "memory");
         assert_eq!(h[2].options, "name=systemd");
-    }
-}
-
-/// Reads at most `limit` bytes of `path` inside `root` (a container's root
-/// filesystem, before it runs), resolving `..` and symlinks as if `root` were
-/// `/`, so an image cannot point the read at the host. `None` when the file
-/// does not exist.
-pub fn read_in_root(root: &Path, path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    let dir = std::fs::File::open(root)?;
-    match openat2(&dir, relative(path).as_path(), open_how(OFlag::O_RDONLY)) {
-        Ok(fd) => {
-            let mut out = Vec::new();
-            std::fs::File::from(fd).take(limit).read_to_end(&mut out)?;
-            Ok(Some(out))
-        }
-        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => Ok(None),
-        Err(e) => Err(e.into()),
     }
 }

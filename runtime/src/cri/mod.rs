@@ -7,12 +7,17 @@
 //! until the sandbox and container slices land: an honest error lets the
 //! kubelet report it instead of acting on a made-up answer.
 
+mod container;
+pub mod daemon;
 mod error;
 mod image_fs_info;
 mod image_list;
 mod image_pull;
 mod image_remove;
 mod image_status;
+pub mod network;
+mod pod;
+pub mod records;
 pub mod spec;
 mod status;
 pub mod user;
@@ -27,6 +32,7 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use crate::image::store::ImageStore;
+pub use daemon::{Daemon, Paths};
 
 pub use error::{image_status as image_error_status, pull_status, registry_status};
 
@@ -37,10 +43,8 @@ pub struct ImageServer {
 }
 
 impl ImageServer {
-    pub fn new(store: ImageStore) -> Self {
-        Self {
-            store: Arc::new(store),
-        }
+    pub fn new(store: Arc<ImageStore>) -> Self {
+        Self { store }
     }
 
     /// Runs store work that blocks (file I/O, locks) off the async workers.
@@ -56,14 +60,29 @@ impl ImageServer {
     }
 }
 
-/// The CRI RuntimeService. Stateless for now: pods and containers come with
-/// the next slices.
-#[derive(Debug, Clone, Default)]
-pub struct RuntimeServer {}
+/// The CRI RuntimeService over the daemon's pods and containers.
+#[derive(Clone)]
+pub struct RuntimeServer {
+    daemon: Arc<Daemon>,
+}
 
 impl RuntimeServer {
-    pub fn new() -> Self {
-        Self {}
+    pub fn new(daemon: Arc<Daemon>) -> Self {
+        Self { daemon }
+    }
+
+    /// Runs daemon work (files, mounts, netlink, child processes) off the
+    /// async workers.
+    async fn blocking<T, F>(&self, what: &str, f: F) -> Result<Response<T>, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Daemon) -> Result<T, Status> + Send + 'static,
+    {
+        let d = Arc::clone(&self.daemon);
+        tokio::task::spawn_blocking(move || f(&d))
+            .await
+            .map_err(|e| Status::internal(format!("{what}: the worker failed: {e}")))?
+            .map(Response::new)
     }
 }
 
@@ -149,37 +168,62 @@ impl RuntimeService for RuntimeServer {
 
     async fn run_pod_sandbox(
         &self,
-        _request: Request<v1::RunPodSandboxRequest>,
+        request: Request<v1::RunPodSandboxRequest>,
     ) -> Result<Response<v1::RunPodSandboxResponse>, Status> {
-        Err(not_yet("RunPodSandbox"))
+        let req = request.into_inner();
+        self.blocking("RunPodSandbox", move |d| {
+            d.run_pod_sandbox(req)
+                .map(|pod_sandbox_id| v1::RunPodSandboxResponse { pod_sandbox_id })
+        })
+        .await
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _request: Request<v1::StopPodSandboxRequest>,
+        request: Request<v1::StopPodSandboxRequest>,
     ) -> Result<Response<v1::StopPodSandboxResponse>, Status> {
-        Err(not_yet("StopPodSandbox"))
+        let id = request.into_inner().pod_sandbox_id;
+        self.blocking("StopPodSandbox", move |d| {
+            d.stop_pod_sandbox(&id)
+                .map(|()| v1::StopPodSandboxResponse {})
+        })
+        .await
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _request: Request<v1::RemovePodSandboxRequest>,
+        request: Request<v1::RemovePodSandboxRequest>,
     ) -> Result<Response<v1::RemovePodSandboxResponse>, Status> {
-        Err(not_yet("RemovePodSandbox"))
+        let id = request.into_inner().pod_sandbox_id;
+        self.blocking("RemovePodSandbox", move |d| {
+            d.remove_pod_sandbox(&id)
+                .map(|()| v1::RemovePodSandboxResponse {})
+        })
+        .await
     }
 
     async fn pod_sandbox_status(
         &self,
-        _request: Request<v1::PodSandboxStatusRequest>,
+        request: Request<v1::PodSandboxStatusRequest>,
     ) -> Result<Response<v1::PodSandboxStatusResponse>, Status> {
-        Err(not_yet("PodSandboxStatus"))
+        let req = request.into_inner();
+        self.blocking("PodSandboxStatus", move |d| {
+            d.pod_sandbox_status(&req.pod_sandbox_id, req.verbose)
+        })
+        .await
     }
 
     async fn list_pod_sandbox(
         &self,
-        _request: Request<v1::ListPodSandboxRequest>,
+        request: Request<v1::ListPodSandboxRequest>,
     ) -> Result<Response<v1::ListPodSandboxResponse>, Status> {
-        Err(not_yet("ListPodSandbox"))
+        let filter = request.into_inner().filter;
+        self.blocking("ListPodSandbox", move |d| {
+            Ok(v1::ListPodSandboxResponse {
+                items: d.list_pod_sandbox(filter),
+            })
+        })
+        .await
     }
 
     async fn stream_pod_sandboxes(
@@ -191,37 +235,63 @@ impl RuntimeService for RuntimeServer {
 
     async fn create_container(
         &self,
-        _request: Request<v1::CreateContainerRequest>,
+        request: Request<v1::CreateContainerRequest>,
     ) -> Result<Response<v1::CreateContainerResponse>, Status> {
-        Err(not_yet("CreateContainer"))
+        let req = request.into_inner();
+        self.blocking("CreateContainer", move |d| {
+            d.create_container(req)
+                .map(|container_id| v1::CreateContainerResponse { container_id })
+        })
+        .await
     }
 
     async fn start_container(
         &self,
-        _request: Request<v1::StartContainerRequest>,
+        request: Request<v1::StartContainerRequest>,
     ) -> Result<Response<v1::StartContainerResponse>, Status> {
-        Err(not_yet("StartContainer"))
+        let id = request.into_inner().container_id;
+        self.blocking("StartContainer", move |d| {
+            d.start_container(&id)
+                .map(|()| v1::StartContainerResponse {})
+        })
+        .await
     }
 
     async fn stop_container(
         &self,
-        _request: Request<v1::StopContainerRequest>,
+        request: Request<v1::StopContainerRequest>,
     ) -> Result<Response<v1::StopContainerResponse>, Status> {
-        Err(not_yet("StopContainer"))
+        let req = request.into_inner();
+        self.blocking("StopContainer", move |d| {
+            d.stop_container(&req.container_id, req.timeout)
+                .map(|()| v1::StopContainerResponse {})
+        })
+        .await
     }
 
     async fn remove_container(
         &self,
-        _request: Request<v1::RemoveContainerRequest>,
+        request: Request<v1::RemoveContainerRequest>,
     ) -> Result<Response<v1::RemoveContainerResponse>, Status> {
-        Err(not_yet("RemoveContainer"))
+        let id = request.into_inner().container_id;
+        self.blocking("RemoveContainer", move |d| {
+            d.remove_container(&id)
+                .map(|()| v1::RemoveContainerResponse {})
+        })
+        .await
     }
 
     async fn list_containers(
         &self,
-        _request: Request<v1::ListContainersRequest>,
+        request: Request<v1::ListContainersRequest>,
     ) -> Result<Response<v1::ListContainersResponse>, Status> {
-        Err(not_yet("ListContainers"))
+        let filter = request.into_inner().filter;
+        self.blocking("ListContainers", move |d| {
+            Ok(v1::ListContainersResponse {
+                containers: d.list_containers(filter),
+            })
+        })
+        .await
     }
 
     async fn stream_containers(
@@ -233,30 +303,48 @@ impl RuntimeService for RuntimeServer {
 
     async fn container_status(
         &self,
-        _request: Request<v1::ContainerStatusRequest>,
+        request: Request<v1::ContainerStatusRequest>,
     ) -> Result<Response<v1::ContainerStatusResponse>, Status> {
-        Err(not_yet("ContainerStatus"))
+        let req = request.into_inner();
+        self.blocking("ContainerStatus", move |d| {
+            d.container_status(&req.container_id, req.verbose)
+        })
+        .await
     }
 
     async fn update_container_resources(
         &self,
-        _request: Request<v1::UpdateContainerResourcesRequest>,
+        request: Request<v1::UpdateContainerResourcesRequest>,
     ) -> Result<Response<v1::UpdateContainerResourcesResponse>, Status> {
-        Err(not_yet("UpdateContainerResources"))
+        let req = request.into_inner();
+        self.blocking("UpdateContainerResources", move |d| {
+            d.update_container_resources(&req.container_id, req.linux)
+                .map(|()| v1::UpdateContainerResourcesResponse {})
+        })
+        .await
     }
 
     async fn reopen_container_log(
         &self,
-        _request: Request<v1::ReopenContainerLogRequest>,
+        request: Request<v1::ReopenContainerLogRequest>,
     ) -> Result<Response<v1::ReopenContainerLogResponse>, Status> {
-        Err(not_yet("ReopenContainerLog"))
+        let id = request.into_inner().container_id;
+        self.blocking("ReopenContainerLog", move |d| {
+            d.reopen_container_log(&id)
+                .map(|()| v1::ReopenContainerLogResponse {})
+        })
+        .await
     }
 
     async fn exec_sync(
         &self,
-        _request: Request<v1::ExecSyncRequest>,
+        request: Request<v1::ExecSyncRequest>,
     ) -> Result<Response<v1::ExecSyncResponse>, Status> {
-        Err(not_yet("ExecSync"))
+        let req = request.into_inner();
+        self.blocking("ExecSync", move |d| {
+            d.exec_sync(&req.container_id, req.cmd, req.timeout)
+        })
+        .await
     }
 
     async fn exec(
@@ -324,16 +412,32 @@ impl RuntimeService for RuntimeServer {
 
     async fn update_runtime_config(
         &self,
-        _request: Request<v1::UpdateRuntimeConfigRequest>,
+        request: Request<v1::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<v1::UpdateRuntimeConfigResponse>, Status> {
-        Err(not_yet("UpdateRuntimeConfig"))
+        let cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        self.blocking("UpdateRuntimeConfig", move |d| {
+            d.network
+                .set_pod_cidr(&cidr)
+                .map_err(Status::invalid_argument)
+                .map(|()| v1::UpdateRuntimeConfigResponse {})
+        })
+        .await
     }
 
     async fn status(
         &self,
         request: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
-        status::status(request.into_inner())
+        let d = Arc::clone(&self.daemon);
+        let req = request.into_inner();
+        tokio::task::spawn_blocking(move || status::status(&d, req))
+            .await
+            .map_err(|e| Status::internal(format!("Status: the worker failed: {e}")))?
     }
 
     async fn checkpoint_container(
@@ -389,7 +493,7 @@ impl RuntimeService for RuntimeServer {
         &self,
         request: Request<v1::RuntimeConfigRequest>,
     ) -> Result<Response<v1::RuntimeConfigResponse>, Status> {
-        status::runtime_config(request.into_inner())
+        status::runtime_config(&self.daemon, request.into_inner())
     }
 
     async fn update_pod_sandbox_resources(

@@ -8,4 +8,5 @@
 
 pub mod files;
 pub mod namespaces;
+pub mod pidns;
 pub mod sysctl;

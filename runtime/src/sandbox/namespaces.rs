@@ -214,6 +214,6 @@ pub fn is_pinned(path: &Path) -> bool {
     // file left by a crash between create and mount is on the state dir's.
     const NSFS_MAGIC: i64 = 0x6e73_6673;
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+        .map(|s| s.filesystem_type().0 == NSFS_MAGIC)
         .unwrap_or(false)
 }

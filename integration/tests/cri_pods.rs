@@ -1,0 +1,601 @@
+//! `berth runtime` pods and containers over CRI: a pod sandbox with its own
+//! network (berth's CNI chain in a "node" network namespace), a busybox
+//! container with a CRI log, ExecSync, graceful and forced stops, status
+//! and list filters, bad requests, and a `kill -9` of the daemon that
+//! running containers survive.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use berth_integration::cri::{Clients, CriDaemon, Options};
+use berth_integration::images;
+use berth_integration::netns::NetNs;
+use berth_integration::workdir::tempdir;
+use berth_proto::v1;
+use serde_json::json;
+use tonic::Code;
+
+const IMAGE: &str = "example.com/test/busybox:1";
+
+fn conflist(ipam_dir: &Path) -> serde_json::Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "berth-cri-it",
+        "plugins": [
+            {
+                "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+                "ipam": {
+                    "type": "host-local", "dataDir": ipam_dir,
+                    "ranges": [[{"subnet": "10.89.0.0/24"}]],
+                    "routes": [{"dst": "0.0.0.0/0"}]
+                }
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+            {"type": "loopback"}
+        ]
+    })
+}
+
+struct Node {
+    // Field order: the daemon (and its pods) go before the namespace.
+    daemon: CriDaemon,
+    _ipam: tempfile::TempDir,
+    _netns: NetNs,
+}
+
+fn node() -> Result<Node> {
+    let netns = NetNs::new("cri")?;
+    let ipam = tempdir("ipam-")?;
+    let daemon = CriDaemon::start(Options {
+        netns: Some(netns.path()),
+        conflist: Some(conflist(ipam.path())),
+        ..Default::default()
+    })?;
+    daemon.import(&[(IMAGE, images::busybox()?)])?;
+    Ok(Node {
+        daemon,
+        _ipam: ipam,
+        _netns: netns,
+    })
+}
+
+fn rt() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn pod_config(d: &CriDaemon, name: &str) -> v1::PodSandboxConfig {
+    v1::PodSandboxConfig {
+        metadata: Some(v1::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: format!("{name}-host"),
+        log_directory: d.log_dir(name).display().to_string(),
+        dns_config: Some(v1::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["default.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        }),
+        port_mappings: vec![v1::PortMapping {
+            protocol: v1::Protocol::Tcp as i32,
+            container_port: 8080,
+            host_port: 18080,
+            host_ip: String::new(),
+        }],
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        linux: Some(v1::LinuxPodSandboxConfig {
+            cgroup_parent: format!("/kubepods/pod-{name}"),
+            sysctls: HashMap::from([(
+                "net.ipv4.ip_unprivileged_port_start".to_string(),
+                "0".to_string(),
+            )]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, cmd: &[&str]) -> v1::ContainerConfig {
+    v1::ContainerConfig {
+        metadata: Some(v1::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(v1::ImageSpec {
+            image: IMAGE.into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        envs: vec![v1::KeyValue {
+            key: "GREETING".into(),
+            value: b"hello from env".to_vec(),
+        }],
+        log_path: format!("{name}.log"),
+        labels: HashMap::from([("role".to_string(), name.to_string())]),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(c: &mut Clients, config: &v1::PodSandboxConfig) -> Result<String, tonic::Status> {
+    Ok(c.runtime
+        .run_pod_sandbox(v1::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id)
+}
+
+async fn create(
+    c: &mut Clients,
+    pod: &str,
+    pod_config: &v1::PodSandboxConfig,
+    config: v1::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    Ok(c.runtime
+        .create_container(v1::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id)
+}
+
+async fn status(c: &mut Clients, id: &str) -> Result<v1::ContainerStatus> {
+    c.runtime
+        .container_status(v1::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await?
+        .into_inner()
+        .status
+        .context("ContainerStatus has no status")
+}
+
+async fn exec(
+    c: &mut Clients,
+    id: &str,
+    cmd: &[&str],
+    timeout: i64,
+) -> Result<v1::ExecSyncResponse, tonic::Status> {
+    Ok(c.runtime
+        .exec_sync(v1::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        })
+        .await?
+        .into_inner())
+}
+
+async fn wait_state(
+    c: &mut Clients,
+    id: &str,
+    want: v1::ContainerState,
+) -> Result<v1::ContainerStatus> {
+    for _ in 0..500 {
+        let s = status(c, id).await?;
+        if s.state == want as i32 {
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("container {id} never reached {want:?}")
+}
+
+#[test]
+fn a_pod_with_a_container_runs_execs_logs_and_stops() -> Result<()> {
+    let node = node()?;
+    let d = &node.daemon;
+    rt()?
+        .block_on(async {
+            let mut c = d.clients().await?;
+            let st = c
+                .runtime
+                .status(v1::StatusRequest { verbose: false })
+                .await?
+                .into_inner();
+            let conds = st.status.context("no conditions")?.conditions;
+            ensure!(conds.iter().all(|c| c.status), "{conds:?}");
+
+            let pc = pod_config(d, "web");
+            let pod = run_pod(&mut c, &pc).await?;
+            let ps = c
+                .runtime
+                .pod_sandbox_status(v1::PodSandboxStatusRequest {
+                    pod_sandbox_id: pod.clone(),
+                    verbose: true,
+                })
+                .await?
+                .into_inner();
+            let s = ps.status.context("no status")?;
+            ensure!(s.state == v1::PodSandboxState::SandboxReady as i32, "{s:?}");
+            let ip = s.network.context("no network")?.ip;
+            ensure!(ip.starts_with("10.89.0."), "pod IP {ip}");
+            ensure!(ps.info.contains_key("info"), "{:?}", ps.info);
+
+            let cid = create(
+                &mut c,
+                &pod,
+                &pc,
+                container_config(
+                    "app",
+                    &[
+                        "sh",
+                        "-c",
+                        "trap '' TERM; echo started; echo oops >&2; echo $GREETING; sleep 1000",
+                    ],
+                ),
+            )
+            .await?;
+            let s = status(&mut c, &cid).await?;
+            ensure!(
+                s.state == v1::ContainerState::ContainerCreated as i32,
+                "{s:?}"
+            );
+            c.runtime
+                .start_container(v1::StartContainerRequest {
+                    container_id: cid.clone(),
+                })
+                .await?;
+            let again = c
+                .runtime
+                .start_container(v1::StartContainerRequest {
+                    container_id: cid.clone(),
+                })
+                .await
+                .err()
+                .context("a second start succeeded")?;
+            ensure!(again.code() == Code::FailedPrecondition, "{again:?}");
+            let s = status(&mut c, &cid).await?;
+            ensure!(
+                s.state == v1::ContainerState::ContainerRunning as i32,
+                "{s:?}"
+            );
+            ensure!(s.started_at >= s.created_at && s.started_at > 0, "{s:?}");
+            ensure!(s.image_id.starts_with("sha256:"), "{s:?}");
+
+            // The pod's hostname, DNS and sysctl are what the config asked for.
+            let r = exec(&mut c, &cid, &["hostname"], 10).await?;
+            ensure!(
+                String::from_utf8_lossy(&r.stdout).trim() == "web-host",
+                "{r:?}"
+            );
+            let r = exec(&mut c, &cid, &["cat", "/etc/resolv.conf"], 10).await?;
+            let resolv = String::from_utf8_lossy(&r.stdout);
+            ensure!(
+                resolv.contains("nameserver 10.96.0.10") && resolv.contains("options ndots:5"),
+                "{resolv}"
+            );
+            let r = exec(
+                &mut c,
+                &cid,
+                &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"],
+                10,
+            )
+            .await?;
+            ensure!(String::from_utf8_lossy(&r.stdout).trim() == "0", "{r:?}");
+            let r = exec(&mut c, &cid, &["ip", "-4", "addr", "show", "eth0"], 10).await?;
+            ensure!(String::from_utf8_lossy(&r.stdout).contains(&ip), "{r:?}");
+            // The pod reaches its gateway, the node's bridge.
+            let r = exec(&mut c, &cid, &["ping", "-c1", "-W2", "10.89.0.1"], 10).await?;
+            ensure!(r.exit_code == 0, "{r:?}");
+            // Exit codes and stderr come back; a timeout kills the command.
+            let r = exec(&mut c, &cid, &["sh", "-c", "echo err >&2; exit 7"], 10).await?;
+            ensure!(r.exit_code == 7 && r.stderr == b"err\n", "{r:?}");
+            let t = exec(&mut c, &cid, &["sleep", "30"], 1)
+                .await
+                .err()
+                .context("no timeout")?;
+            ensure!(t.code() == Code::DeadlineExceeded, "{t:?}");
+
+            // The CRI log holds both streams.
+            let log = d.log_dir("web").join("app.log");
+            let mut text = String::new();
+            for _ in 0..100 {
+                text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("hello from env") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            ensure!(text.contains(" stdout F started\n"), "{text}");
+            ensure!(text.contains(" stderr F oops\n"), "{text}");
+            ensure!(s.log_path == log.display().to_string(), "{s:?}");
+
+            // Lists and their filters.
+            let all = c
+                .runtime
+                .list_containers(v1::ListContainersRequest { filter: None })
+                .await?
+                .into_inner();
+            ensure!(all.containers.len() == 1, "{all:?}");
+            let by_label = c
+                .runtime
+                .list_containers(v1::ListContainersRequest {
+                    filter: Some(v1::ContainerFilter {
+                        label_selector: HashMap::from([("role".to_string(), "other".to_string())]),
+                        ..Default::default()
+                    }),
+                })
+                .await?
+                .into_inner();
+            ensure!(by_label.containers.is_empty(), "{by_label:?}");
+            let pods = c
+                .runtime
+                .list_pod_sandbox(v1::ListPodSandboxRequest {
+                    filter: Some(v1::PodSandboxFilter {
+                        id: pod[..12].to_string(),
+                        ..Default::default()
+                    }),
+                })
+                .await?
+                .into_inner();
+            ensure!(pods.items.len() == 1 && pods.items[0].id == pod, "{pods:?}");
+
+            // It ignores SIGTERM: after the grace period, SIGKILL.
+            c.runtime
+                .stop_container(v1::StopContainerRequest {
+                    container_id: cid.clone(),
+                    timeout: 1,
+                })
+                .await?;
+            let s = wait_state(&mut c, &cid, v1::ContainerState::ContainerExited).await?;
+            ensure!(s.exit_code == 137 && s.reason == "Error", "{s:?}");
+            ensure!(s.finished_at >= s.started_at, "{s:?}");
+
+            // A container that exits by itself.
+            let done = create(&mut c, &pod, &pc, container_config("done", &["true"])).await?;
+            c.runtime
+                .start_container(v1::StartContainerRequest {
+                    container_id: done.clone(),
+                })
+                .await?;
+            let s = wait_state(&mut c, &done, v1::ContainerState::ContainerExited).await?;
+            ensure!(s.exit_code == 0 && s.reason == "Completed", "{s:?}");
+
+            c.runtime
+                .stop_pod_sandbox(v1::StopPodSandboxRequest {
+                    pod_sandbox_id: pod.clone(),
+                })
+                .await?;
+            c.runtime
+                .remove_pod_sandbox(v1::RemovePodSandboxRequest {
+                    pod_sandbox_id: pod.clone(),
+                })
+                .await?;
+            let left = c
+                .runtime
+                .list_containers(v1::ListContainersRequest { filter: None })
+                .await?
+                .into_inner();
+            ensure!(left.containers.is_empty(), "{left:?}");
+            ensure!(d.mounts().is_empty(), "mounts left: {:?}", d.mounts());
+            // Idempotent on what is gone.
+            c.runtime
+                .stop_pod_sandbox(v1::StopPodSandboxRequest {
+                    pod_sandbox_id: pod.clone(),
+                })
+                .await?;
+            c.runtime
+                .remove_container(v1::RemoveContainerRequest {
+                    container_id: cid.clone(),
+                })
+                .await?;
+            Ok(())
+        })
+        .with_context(|| format!("daemon log:\n{}", d.log()))
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_leave_nothing() -> Result<()> {
+    let node = node()?;
+    let d = &node.daemon;
+    rt()?
+        .block_on(async {
+            let mut c = d.clients().await?;
+            let e = c
+                .runtime
+                .run_pod_sandbox(v1::RunPodSandboxRequest::default())
+                .await
+                .err()
+                .context("no config accepted")?;
+            ensure!(
+                e.code() == Code::InvalidArgument && e.message().contains("config"),
+                "{e:?}"
+            );
+            let mut pc = pod_config(d, "bad");
+            pc.metadata.as_mut().context("meta")?.name = "a/b".into();
+            let e = run_pod(&mut c, &pc).await.err().context("a/b accepted")?;
+            ensure!(
+                e.code() == Code::InvalidArgument && e.message().contains("a/b"),
+                "{e:?}"
+            );
+            let mut pc = pod_config(d, "bad");
+            pc.linux.as_mut().context("linux")?.sysctls =
+                HashMap::from([("kernel.panic".into(), "1".into())]);
+            let e = run_pod(&mut c, &pc)
+                .await
+                .err()
+                .context("kernel.panic accepted")?;
+            ensure!(
+                e.code() == Code::InvalidArgument && e.message().contains("kernel.panic"),
+                "{e:?}"
+            );
+            ensure!(
+                d.mounts().is_empty(),
+                "a failed RunPodSandbox left mounts: {:?}",
+                d.mounts()
+            );
+
+            let pc = pod_config(d, "good");
+            let pod = run_pod(&mut c, &pc).await?;
+            let mut other = pc.clone();
+            other.hostname = "different".into();
+            let e = run_pod(&mut c, &other)
+                .await
+                .err()
+                .context("a second pod with the same name")?;
+            ensure!(e.code() == Code::AlreadyExists, "{e:?}");
+            // The very same request again (a kubelet retry) gets the same pod.
+            ensure!(run_pod(&mut c, &pc).await? == pod);
+
+            let e = c
+                .runtime
+                .pod_sandbox_status(v1::PodSandboxStatusRequest {
+                    pod_sandbox_id: "nope".into(),
+                    verbose: false,
+                })
+                .await
+                .err()
+                .context("status of nothing")?;
+            ensure!(e.code() == Code::NotFound, "{e:?}");
+            let e = create(&mut c, "nope", &pc, container_config("x", &["true"]))
+                .await
+                .err()
+                .context("no pod")?;
+            ensure!(e.code() == Code::NotFound, "{e:?}");
+            let mut cc = container_config("x", &["true"]);
+            cc.image = Some(v1::ImageSpec {
+                image: "example.com/missing:1".into(),
+                ..Default::default()
+            });
+            let e = create(&mut c, &pod, &pc, cc)
+                .await
+                .err()
+                .context("missing image")?;
+            ensure!(
+                e.code() == Code::NotFound && e.message().contains("example.com/missing:1"),
+                "{e:?}"
+            );
+            let mut cc = container_config("x", &["true"]);
+            cc.log_path = "../escape.log".into();
+            let e = create(&mut c, &pod, &pc, cc)
+                .await
+                .err()
+                .context("log path escaped")?;
+            ensure!(
+                e.code() == Code::InvalidArgument && e.message().contains("escape.log"),
+                "{e:?}"
+            );
+            let mut cc = container_config("x", &["true"]);
+            cc.mounts = vec![v1::Mount {
+                container_path: "relative".into(),
+                host_path: "/tmp".into(),
+                ..Default::default()
+            }];
+            let e = create(&mut c, &pod, &pc, cc)
+                .await
+                .err()
+                .context("relative mount")?;
+            ensure!(
+                e.code() == Code::InvalidArgument && e.message().contains("mounts[0]"),
+                "{e:?}"
+            );
+            let e = exec(&mut c, "nope", &["true"], 1)
+                .await
+                .err()
+                .context("exec in nothing")?;
+            ensure!(e.code() == Code::NotFound, "{e:?}");
+            // Nothing was left by the failed creates: the name is free again.
+            let ok = create(&mut c, &pod, &pc, container_config("x", &["true"])).await?;
+            let dup = create(&mut c, &pod, &pc, container_config("x", &["true"]))
+                .await
+                .err()
+                .context("duplicate container name")?;
+            ensure!(dup.code() == Code::AlreadyExists, "{dup:?}");
+            c.runtime
+                .remove_container(v1::RemoveContainerRequest { container_id: ok })
+                .await?;
+            c.runtime
+                .remove_pod_sandbox(v1::RemovePodSandboxRequest {
+                    pod_sandbox_id: pod,
+                })
+                .await?;
+            ensure!(d.mounts().is_empty(), "mounts left: {:?}", d.mounts());
+            Ok(())
+        })
+        .with_context(|| format!("daemon log:\n{}", d.log()))
+}
+
+#[test]
+fn running_containers_survive_a_kill_9_of_the_daemon() -> Result<()> {
+    let mut node = node()?;
+    let rt = rt()?;
+    let (pod, cid, pid) = rt.block_on(async {
+        let d = &node.daemon;
+        let mut c = d.clients().await?;
+        let pc = pod_config(d, "survivor");
+        let pod = run_pod(&mut c, &pc).await?;
+        let cid = create(
+            &mut c,
+            &pod,
+            &pc,
+            container_config("app", &["sleep", "1000"]),
+        )
+        .await?;
+        c.runtime
+            .start_container(v1::StartContainerRequest {
+                container_id: cid.clone(),
+            })
+            .await?;
+        let v = c
+            .runtime
+            .container_status(v1::ContainerStatusRequest {
+                container_id: cid.clone(),
+                verbose: true,
+            })
+            .await?
+            .into_inner();
+        let info: serde_json::Value = serde_json::from_str(v.info.get("info").context("no info")?)?;
+        let pid = info["pid"].as_i64().context("no pid")?;
+        anyhow::Ok((pod, cid, pid))
+    })?;
+    node.daemon.restart()?;
+    rt.block_on(async {
+        let d = &node.daemon;
+        let mut c = d.clients().await?;
+        let s = status(&mut c, &cid).await?;
+        ensure!(
+            s.state == v1::ContainerState::ContainerRunning as i32,
+            "{s:?}"
+        );
+        ensure!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "the container's init {pid} is gone"
+        );
+        let p = c
+            .runtime
+            .pod_sandbox_status(v1::PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .status
+            .context("no status")?;
+        ensure!(p.state == v1::PodSandboxState::SandboxReady as i32, "{p:?}");
+        c.runtime
+            .remove_pod_sandbox(v1::RemovePodSandboxRequest {
+                pod_sandbox_id: pod,
+            })
+            .await?;
+        ensure!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the container outlived its pod"
+        );
+        ensure!(d.mounts().is_empty(), "mounts left: {:?}", d.mounts());
+        Ok(())
+    })
+    .with_context(|| format!("daemon log:\n{}", node.daemon.log()))
+}

@@ -1,0 +1,256 @@
+//! The CRI daemon's state: its stores, its pods and containers (in memory,
+//! mirrored on disk by [`Records`]), the name reservations, and the
+//! recovery a restarted daemon runs.
+//!
+//! Every operation here blocks (files, mounts, netlink, child processes); the
+//! gRPC handlers run them on tokio's blocking pool. A pod's or a container's
+//! own mutex serializes the operations on it, so different pods proceed in
+//! parallel.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tonic::Status;
+
+use super::network::Network;
+use super::records::{ContainerPhase, ContainerRecord, Records, SandboxRecord, SandboxState};
+use crate::cgroups::CgroupConfig;
+use crate::config::{CgroupDriver, RuntimeConfig};
+use crate::container::Engine;
+use crate::image::store::ImageStore;
+
+/// Where the daemon keeps things.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Persistent: records, pod files, images (`/var/lib/berth`).
+    pub root: PathBuf,
+    /// Volatile: pinned namespaces, shm mounts, engine state (`/run/berth`).
+    pub state: PathBuf,
+}
+
+impl Paths {
+    pub fn engine_root(&self) -> PathBuf {
+        self.state.join("containers")
+    }
+
+    pub fn pod_state_dir(&self, id: &str) -> PathBuf {
+        self.state.join("pods").join(id)
+    }
+}
+
+pub type Shared<T> = Arc<Mutex<T>>;
+
+/// Locks, recovering the data of a mutex whose holder panicked: a record is
+/// always written whole, so it stays usable.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct Daemon {
+    pub images: Arc<ImageStore>,
+    pub engine: Engine,
+    pub paths: Paths,
+    pub records: Records,
+    pub network: Network,
+    pub systemd_cgroup: bool,
+    /// The `berth` executable, run as `berth oci` to create containers and
+    /// exec in them: a fork from this multi-threaded daemon would be unsafe.
+    pub exe: PathBuf,
+    pub cgroup_root: String,
+    pub sandboxes: Mutex<HashMap<String, Shared<SandboxRecord>>>,
+    pub containers: Mutex<HashMap<String, Shared<ContainerRecord>>>,
+    /// Reserved names (pods' and containers') → the ID holding each.
+    pub names: Mutex<HashMap<String, String>>,
+}
+
+impl Daemon {
+    pub fn open(
+        config: &RuntimeConfig,
+        images: Arc<ImageStore>,
+        paths: Paths,
+        exe: PathBuf,
+    ) -> Result<Arc<Daemon>, String> {
+        for dir in [&paths.root, &paths.state] {
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        let engine = Engine::new(
+            paths.engine_root(),
+            CgroupConfig {
+                parent: config.cgroup.root.clone(),
+                ..Default::default()
+            },
+        );
+        let d = Daemon {
+            images,
+            engine,
+            records: Records::new(&paths.root),
+            network: Network::new(&config.cni),
+            paths,
+            systemd_cgroup: config.cgroup.driver == CgroupDriver::Systemd,
+            exe,
+            cgroup_root: config.cgroup.root.clone(),
+            sandboxes: Mutex::new(HashMap::new()),
+            containers: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+        };
+        d.recover()?;
+        Ok(Arc::new(d))
+    }
+
+    /// Loads what a previous daemon left: finished objects are adopted as
+    /// they are (running containers are never touched); half-made ones are
+    /// undone.
+    fn recover(&self) -> Result<(), String> {
+        let (sandboxes, orphans) = self.records.load_sandboxes().map_err(|e| e.to_string())?;
+        for dir in orphans {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        for r in sandboxes {
+            if r.state == SandboxState::Creating {
+                tracing::info!(id = %r.id, "removing a pod sandbox whose creation was interrupted");
+                self.undo_sandbox(&r);
+                continue;
+            }
+            lock(&self.names).insert(r.name.clone(), r.id.clone());
+            lock(&self.sandboxes).insert(r.id.clone(), Arc::new(Mutex::new(r)));
+        }
+        let (containers, orphans) = self.records.load_containers().map_err(|e| e.to_string())?;
+        for dir in orphans {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        for r in containers {
+            let pod_known = lock(&self.sandboxes).contains_key(&r.sandbox_id);
+            if r.phase == ContainerPhase::Creating || !pod_known {
+                tracing::info!(id = %r.id, "removing a container whose creation was interrupted");
+                self.undo_container(&r);
+                continue;
+            }
+            lock(&self.names).insert(r.name.clone(), r.id.clone());
+            lock(&self.containers).insert(r.id.clone(), Arc::new(Mutex::new(r)));
+        }
+        tracing::info!(
+            pods = lock(&self.sandboxes).len(),
+            containers = lock(&self.containers).len(),
+            "state recovered"
+        );
+        Ok(())
+    }
+
+    /// Reserves `name` for `id`; a name held by another ID is refused.
+    pub fn reserve_name(&self, name: &str, id: &str, what: &str) -> Result<(), Status> {
+        let mut names = lock(&self.names);
+        match names.get(name) {
+            Some(holder) if holder != id => Err(Status::already_exists(format!(
+                "the {what} name {name:?} is reserved for {holder}"
+            ))),
+            _ => {
+                names.insert(name.to_string(), id.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    pub fn release_name(&self, name: &str, id: &str) {
+        let mut names = lock(&self.names);
+        if names.get(name).is_some_and(|h| h == id) {
+            names.remove(name);
+        }
+    }
+
+    /// The holder of a reserved name.
+    pub fn name_holder(&self, name: &str) -> Option<String> {
+        lock(&self.names).get(name).cloned()
+    }
+
+    /// A sandbox by ID or unique ID prefix.
+    pub fn sandbox(&self, id: &str) -> Result<Shared<SandboxRecord>, Status> {
+        find(&lock(&self.sandboxes), id, "pod sandbox")
+    }
+
+    pub fn container(&self, id: &str) -> Result<Shared<ContainerRecord>, Status> {
+        find(&lock(&self.containers), id, "container")
+    }
+
+    pub fn all_sandboxes(&self) -> Vec<Shared<SandboxRecord>> {
+        lock(&self.sandboxes).values().cloned().collect()
+    }
+
+    pub fn all_containers(&self) -> Vec<Shared<ContainerRecord>> {
+        lock(&self.containers).values().cloned().collect()
+    }
+
+    /// Containers of one pod.
+    pub fn containers_of(&self, sandbox_id: &str) -> Vec<Shared<ContainerRecord>> {
+        self.all_containers()
+            .into_iter()
+            .filter(|c| lock(c).sandbox_id == sandbox_id)
+            .collect()
+    }
+
+    /// `berth oci` with this daemon's engine settings.
+    pub fn oci(&self) -> Command {
+        let mut c = Command::new(&self.exe);
+        c.arg("oci")
+            .arg("--root")
+            .arg(self.paths.engine_root())
+            .arg("--cgroup-root")
+            .arg(&self.cgroup_root)
+            .arg("--monitor")
+            .arg("always");
+        if self.systemd_cgroup {
+            c.arg("--systemd-cgroup");
+        }
+        c.stdin(Stdio::null());
+        c
+    }
+}
+
+fn find<T>(map: &HashMap<String, Shared<T>>, id: &str, what: &str) -> Result<Shared<T>, Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument(format!("the {what} ID is empty")));
+    }
+    if let Some(v) = map.get(id) {
+        return Ok(Arc::clone(v));
+    }
+    let mut hits = map.iter().filter(|(k, _)| k.starts_with(id));
+    match (hits.next(), hits.next()) {
+        (Some((_, v)), None) => Ok(Arc::clone(v)),
+        (Some(_), Some(_)) => Err(Status::invalid_argument(format!(
+            "the {what} ID prefix {id:?} is ambiguous"
+        ))),
+        _ => Err(Status::not_found(format!("{what} {id:?} not found"))),
+    }
+}
+
+/// Runs a `berth oci` command, turning a failure into its stderr.
+pub fn run(mut cmd: Command, what: &str) -> Result<(), String> {
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("{what}: running the engine: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    let text = text.trim();
+    Err(format!(
+        "{what}: {}",
+        if text.is_empty() {
+            format!("the engine exited with {}", out.status)
+        } else {
+            text.strip_prefix("berth-oci: ").unwrap_or(text).to_string()
+        }
+    ))
+}
+
+/// Removes a directory tree, ignoring one that is gone.
+pub fn remove_tree(path: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "removing");
+    }
+}
