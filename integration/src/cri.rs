@@ -35,6 +35,9 @@ pub struct Options {
     pub conflist: Option<serde_json::Value>,
     /// CNI plugin dirs; empty: a dir with nothing (berth's plugins run in-process).
     pub cni_bin_dirs: Vec<PathBuf>,
+    /// Leave a stale socket file where the daemon will serve, as a crashed
+    /// daemon leaves it: the daemon must replace it.
+    pub stale_socket: bool,
 }
 
 pub struct CriDaemon {
@@ -61,6 +64,11 @@ impl CriDaemon {
             "logs",
         ] {
             std::fs::create_dir_all(dir.path().join(d))?;
+        }
+        if opts.stale_socket {
+            drop(std::os::unix::net::UnixListener::bind(
+                dir.path().join("run/berth.sock"),
+            )?);
         }
         if let Some(c) = &opts.conflist {
             std::fs::write(

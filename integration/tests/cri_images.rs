@@ -3,147 +3,18 @@
 //! ImageService against the fixture registry (open and token-authenticated),
 //! error codes, an RPC of a slice not built yet, and a clean SIGTERM exit.
 
-use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream as StdUnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::process::Command;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
+use berth_integration::cri::{Clients, CriDaemon, Options};
 use berth_integration::images;
 use berth_integration::registry::Registry;
 use berth_integration::rootfs::USER_UID;
 use berth_integration::runtime::berth_binary;
-use berth_integration::workdir::tempdir;
 use berth_proto::v1;
-use berth_proto::v1::image_service_client::ImageServiceClient;
-use berth_proto::v1::runtime_service_client::RuntimeServiceClient;
-use hyper_util::rt::TokioIo;
-use tempfile::TempDir;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint, Uri};
-
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A `berth runtime` on a private socket, root and config; killed on drop
-/// if a test fails before stopping it.
-struct Daemon {
-    dir: TempDir,
-    child: Child,
-}
-
-impl Daemon {
-    /// Starts the daemon; `config` is its runtime.toml (None: no file, which
-    /// means the defaults). A stale socket file, as a crashed daemon leaves
-    /// it, is in place first: the daemon must replace it.
-    fn start(config: Option<&str>) -> Result<Daemon> {
-        let dir = tempdir("cri-")?;
-        let config_path = dir.path().join("runtime.toml");
-        if let Some(text) = config {
-            std::fs::write(&config_path, text)?;
-        }
-        std::fs::create_dir_all(dir.path().join("run"))?;
-        drop(UnixListener::bind(dir.path().join("run/berth.sock"))?);
-        let log = File::create(dir.path().join("daemon.log"))?;
-        let child = Command::new(berth_binary()?)
-            .arg("runtime")
-            .arg("--socket")
-            .arg(dir.path().join("run/berth.sock"))
-            .arg("--root")
-            .arg(dir.path().join("root"))
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting berth runtime")?;
-        let mut d = Daemon { dir, child };
-        let deadline = Instant::now() + START_TIMEOUT;
-        while StdUnixStream::connect(d.socket()).is_err() {
-            if let Some(status) = d.child.try_wait()? {
-                bail!("berth runtime exited with {status}:\n{}", d.log());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "berth runtime did not serve on its socket in {START_TIMEOUT:?}:\n{}",
-                    d.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(d)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("run/berth.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    /// Sends SIGTERM and waits for the exit.
-    fn terminate(&mut self) -> Result<ExitStatus> {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "berth runtime still running {STOP_TIMEOUT:?} after SIGTERM:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A channel over the daemon's unix socket (the URI is a placeholder: the
-/// connector ignores it).
-async fn connect(socket: &Path) -> Result<Channel> {
-    let socket = socket.to_owned();
-    let channel = Endpoint::try_from("http://berth.invalid")?
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await
-        .context("connecting to the CRI socket")?;
-    Ok(channel)
-}
-
-struct Clients {
-    images: ImageServiceClient<Channel>,
-    runtime: RuntimeServiceClient<Channel>,
-}
-
-async fn clients(d: &Daemon) -> Result<Clients> {
-    let channel = connect(&d.socket()).await?;
-    Ok(Clients {
-        images: berth_proto::image_service_client(channel.clone()),
-        runtime: berth_proto::runtime_service_client(channel),
-    })
-}
 
 fn spec(image: &str) -> Option<v1::ImageSpec> {
     Some(v1::ImageSpec {
@@ -198,7 +69,11 @@ fn rt() -> Result<tokio::runtime::Runtime> {
 fn cri_image_service_over_the_socket_and_sigterm() -> Result<()> {
     let reg = Registry::start()?;
     images::push_standard(&reg)?;
-    let mut daemon = Daemon::start(Some(""))?;
+    let mut daemon = CriDaemon::start(Options {
+        config: Some(String::new()),
+        stale_socket: true,
+        ..Default::default()
+    })?;
     let mode = std::fs::metadata(daemon.socket())?.permissions().mode() & 0o777;
     ensure!(mode == 0o660, "the socket has mode {mode:o}, not 660");
     let latest = reg.reference("busybox:latest");
@@ -206,7 +81,7 @@ fn cri_image_service_over_the_socket_and_sigterm() -> Result<()> {
 
     rt()?
         .block_on(async {
-            let mut c = clients(&daemon).await?;
+            let mut c = daemon.clients().await?;
 
             let v = c
                 .runtime
@@ -231,7 +106,7 @@ fn cri_image_service_over_the_socket_and_sigterm() -> Result<()> {
                 !net.status && net.reason == "NetworkPluginNotReady",
                 "{net:?}"
             );
-            ensure!(net.message.contains("not wired yet"), "{net:?}");
+            ensure!(net.message.contains("no network config found"), "{net:?}");
 
             let rc = c
                 .runtime
@@ -308,7 +183,7 @@ fn cri_image_service_over_the_socket_and_sigterm() -> Result<()> {
                 .context("no image filesystem")?;
             ensure!(
                 usage.fs_id.as_ref().map(|f| f.mountpoint.as_str())
-                    == Some(daemon.dir.path().join("root").to_str().unwrap_or_default()),
+                    == Some(daemon.root().to_str().unwrap_or_default()),
                 "{fs:?}"
             );
             ensure!(usage.used_bytes.is_some_and(|b| b.value > 0), "{fs:?}");
@@ -345,14 +220,13 @@ fn cri_image_service_over_the_socket_and_sigterm() -> Result<()> {
 
             let unimpl = c
                 .runtime
-                .run_pod_sandbox(v1::RunPodSandboxRequest::default())
+                .checkpoint_container(v1::CheckpointContainerRequest::default())
                 .await
                 .err()
-                .context("RunPodSandbox succeeded")?;
+                .context("CheckpointContainer succeeded")?;
             ensure!(unimpl.code() == Code::Unimplemented, "{unimpl:?}");
             ensure!(
-                unimpl.message().contains("RunPodSandbox")
-                    && unimpl.message().contains("not implemented yet"),
+                unimpl.message().contains("CheckpointContainer"),
                 "{unimpl:?}"
             );
             Ok(())
@@ -365,9 +239,9 @@ fn cri_image_service_over_the_socket_and_sigterm() -> Result<()> {
         .arg("--socket")
         .arg(daemon.socket())
         .arg("--root")
-        .arg(daemon.dir.path().join("root2"))
+        .arg(daemon.path("root2"))
         .arg("--config")
-        .arg(daemon.dir.path().join("none.toml"))
+        .arg(daemon.path("none.toml"))
         .output()?;
     let stderr = String::from_utf8_lossy(&second.stderr);
     ensure!(
@@ -394,12 +268,12 @@ fn cri_image_service_over_the_socket_and_sigterm() -> Result<()> {
 fn cri_pull_with_registry_credentials() -> Result<()> {
     let reg = Registry::start_with_token_auth("alice", "s3cret")?;
     reg.client().push("busybox", "latest", images::busybox()?)?;
-    let daemon = Daemon::start(None)?;
+    let daemon = CriDaemon::start(Options::default())?;
     let image = reg.reference("busybox:latest");
 
     rt()?
         .block_on(async {
-            let mut c = clients(&daemon).await?;
+            let mut c = daemon.clients().await?;
             let anonymous = pull(&mut c, &image, None)
                 .await
                 .err()
