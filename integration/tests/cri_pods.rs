@@ -599,3 +599,128 @@ fn running_containers_survive_a_kill_9_of_the_daemon() -> Result<()> {
     })
     .with_context(|| format!("daemon log:\n{}", node.daemon.log()))
 }
+
+#[test]
+fn stats_and_container_events() -> Result<()> {
+    let node = node()?;
+    let d = &node.daemon;
+    rt()?
+        .block_on(async {
+            let mut c = d.clients().await?;
+            let mut events = c
+                .runtime
+                .get_container_events(v1::GetEventsRequest {})
+                .await?
+                .into_inner();
+            let pc = pod_config(d, "stats");
+            let pod = run_pod(&mut c, &pc).await?;
+            let cid = create(
+                &mut c,
+                &pod,
+                &pc,
+                container_config(
+                    "busy",
+                    &[
+                        "sh",
+                        "-c",
+                        "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 2; exit 3",
+                    ],
+                ),
+            )
+            .await?;
+            c.runtime
+                .start_container(v1::StartContainerRequest {
+                    container_id: cid.clone(),
+                })
+                .await?;
+
+            let s = c
+                .runtime
+                .container_stats(v1::ContainerStatsRequest {
+                    container_id: cid.clone(),
+                })
+                .await?
+                .into_inner()
+                .stats
+                .context("no stats")?;
+            let cpu = s
+                .cpu
+                .context("no cpu")?
+                .usage_core_nano_seconds
+                .context("no usage")?
+                .value;
+            ensure!(cpu > 0, "cpu {cpu}");
+            let mem = s
+                .memory
+                .context("no memory")?
+                .working_set_bytes
+                .context("no working set")?
+                .value;
+            ensure!(mem > 0, "memory {mem}");
+            ensure!(s.writable_layer.is_some(), "no writable layer");
+            let p = c
+                .runtime
+                .pod_sandbox_stats(v1::PodSandboxStatsRequest {
+                    pod_sandbox_id: pod.clone(),
+                })
+                .await?
+                .into_inner()
+                .stats
+                .context("no pod stats")?;
+            let linux = p.linux.context("no linux stats")?;
+            ensure!(linux.containers.len() == 1, "{linux:?}");
+            let eth0 = linux
+                .network
+                .context("no network stats")?
+                .default_interface
+                .context("no eth0")?;
+            ensure!(eth0.name == "eth0", "{eth0:?}");
+            let listed = c
+                .runtime
+                .list_container_stats(v1::ListContainerStatsRequest { filter: None })
+                .await?
+                .into_inner();
+            ensure!(listed.stats.len() == 1, "{listed:?}");
+
+            let s = wait_state(&mut c, &cid, v1::ContainerState::ContainerExited).await?;
+            ensure!(s.exit_code == 3 && s.reason == "Error", "{s:?}");
+            c.runtime
+                .remove_container(v1::RemoveContainerRequest {
+                    container_id: cid.clone(),
+                })
+                .await?;
+
+            let mut kinds = Vec::new();
+            while kinds.len() < 4 {
+                let ev = match tokio::time::timeout(Duration::from_secs(10), events.message()).await
+                {
+                    Err(_) => anyhow::bail!("no event within 10 s after {kinds:?}"),
+                    Ok(Err(status)) => {
+                        anyhow::bail!("the event stream failed after {kinds:?}: {status:?}")
+                    }
+                    Ok(Ok(None)) => anyhow::bail!("the event stream ended after {kinds:?}"),
+                    Ok(Ok(Some(ev))) => ev,
+                };
+                ensure!(ev.container_id == cid, "{ev:?}");
+                kinds.push(ev.container_event_type);
+            }
+            use v1::ContainerEventType as E;
+            ensure!(
+                kinds
+                    == [
+                        E::ContainerCreatedEvent as i32,
+                        E::ContainerStartedEvent as i32,
+                        E::ContainerStoppedEvent as i32,
+                        E::ContainerDeletedEvent as i32
+                    ],
+                "{kinds:?}"
+            );
+            c.runtime
+                .remove_pod_sandbox(v1::RemovePodSandboxRequest {
+                    pod_sandbox_id: pod,
+                })
+                .await?;
+            Ok(())
+        })
+        .with_context(|| format!("daemon log:\n{}", d.log()))
+}

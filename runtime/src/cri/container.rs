@@ -228,6 +228,10 @@ impl Daemon {
             Ok(()) => {
                 lock(&self.containers).insert(id.clone(), Arc::clone(&shared));
                 tracing::info!(id = %id, name = %name, "container created");
+                let pod_id = r.sandbox_id.clone();
+                drop(r);
+                drop(sb);
+                self.emit(&id, &pod_id, v1::ContainerEventType::ContainerCreatedEvent);
                 Ok(id)
             }
             Err(e) => {
@@ -382,6 +386,9 @@ impl Daemon {
         }
         self.engine.start(&r.id).map_err(engine_status)?;
         tracing::info!(id = %r.id, "container started");
+        let (cid, pod_id) = (r.id.clone(), r.sandbox_id.clone());
+        drop(r);
+        self.emit(&cid, &pod_id, v1::ContainerEventType::ContainerStartedEvent);
         Ok(())
     }
 
@@ -405,6 +412,35 @@ impl Daemon {
     /// Stops a container: its stop signal, then SIGKILL after `timeout`
     /// seconds. A container that is gone or stopped already is fine.
     pub fn stop_container(&self, id: &str, timeout: i64) -> Result<(), Status> {
+        self.stop_container_locked(id, timeout)?;
+        self.note_stop(id);
+        Ok(())
+    }
+
+    /// Queues the stopped event of a container that ran and is stopped
+    /// (sent once per container).
+    fn note_stop(&self, id: &str) {
+        let Ok(shared) = self.container(id) else {
+            return;
+        };
+        let (cid, pod) = {
+            let r = lock(&shared);
+            (r.id.clone(), r.sandbox_id.clone())
+        };
+        let ran = self
+            .engine
+            .root
+            .container_dir(&cid)
+            .join(crate::state::STARTED_FILE)
+            .exists();
+        let stopped =
+            !matches!(self.engine.state(&cid), Ok(s) if s.status != EngineStatus::Stopped);
+        if ran && stopped {
+            self.emit(&cid, &pod, v1::ContainerEventType::ContainerStoppedEvent);
+        }
+    }
+
+    fn stop_container_locked(&self, id: &str, timeout: i64) -> Result<(), Status> {
         let shared = match self.container(id) {
             Ok(s) => s,
             Err(e) if e.code() == tonic::Code::NotFound => return Ok(()),
@@ -469,7 +505,11 @@ impl Daemon {
         self.undo_container(&r);
         lock(&self.containers).remove(&r.id);
         self.release_name(&r.name, &r.id);
+        self.cpu_samples.forget(&r.id);
         tracing::info!(id = %r.id, "container removed");
+        let (cid, pod_id) = (r.id.clone(), r.sandbox_id.clone());
+        drop(r);
+        self.emit(&cid, &pod_id, v1::ContainerEventType::ContainerDeletedEvent);
         Ok(())
     }
 

@@ -63,6 +63,8 @@ pub struct Daemon {
     pub containers: Mutex<HashMap<String, Shared<ContainerRecord>>>,
     /// Reserved names (pods' and containers') → the ID holding each.
     pub names: Mutex<HashMap<String, String>>,
+    pub events: super::events::Events,
+    pub cpu_samples: super::stats::CpuSamples,
 }
 
 impl Daemon {
@@ -94,9 +96,13 @@ impl Daemon {
             sandboxes: Mutex::new(HashMap::new()),
             containers: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
+            events: Default::default(),
+            cpu_samples: Default::default(),
         };
         d.recover()?;
-        Ok(Arc::new(d))
+        let d = Arc::new(d);
+        super::events::watch(&d);
+        Ok(d)
     }
 
     /// Loads what a previous daemon left: finished objects are adopted as

@@ -10,6 +10,7 @@
 mod container;
 pub mod daemon;
 mod error;
+mod events;
 mod image_fs_info;
 mod image_list;
 mod image_pull;
@@ -19,6 +20,7 @@ pub mod network;
 mod pod;
 pub mod records;
 pub mod spec;
+mod stats;
 mod status;
 pub mod user;
 mod version;
@@ -370,16 +372,27 @@ impl RuntimeService for RuntimeServer {
 
     async fn container_stats(
         &self,
-        _request: Request<v1::ContainerStatsRequest>,
+        request: Request<v1::ContainerStatsRequest>,
     ) -> Result<Response<v1::ContainerStatsResponse>, Status> {
-        Err(not_yet("ContainerStats"))
+        let id = request.into_inner().container_id;
+        self.blocking("ContainerStats", move |d| {
+            d.container_stats(&id)
+                .map(|s| v1::ContainerStatsResponse { stats: Some(s) })
+        })
+        .await
     }
 
     async fn list_container_stats(
         &self,
-        _request: Request<v1::ListContainerStatsRequest>,
+        request: Request<v1::ListContainerStatsRequest>,
     ) -> Result<Response<v1::ListContainerStatsResponse>, Status> {
-        Err(not_yet("ListContainerStats"))
+        let filter = request.into_inner().filter;
+        self.blocking("ListContainerStats", move |d| {
+            Ok(v1::ListContainerStatsResponse {
+                stats: d.list_container_stats(filter),
+            })
+        })
+        .await
     }
 
     async fn stream_container_stats(
@@ -391,16 +404,27 @@ impl RuntimeService for RuntimeServer {
 
     async fn pod_sandbox_stats(
         &self,
-        _request: Request<v1::PodSandboxStatsRequest>,
+        request: Request<v1::PodSandboxStatsRequest>,
     ) -> Result<Response<v1::PodSandboxStatsResponse>, Status> {
-        Err(not_yet("PodSandboxStats"))
+        let id = request.into_inner().pod_sandbox_id;
+        self.blocking("PodSandboxStats", move |d| {
+            d.pod_sandbox_stats(&id)
+                .map(|s| v1::PodSandboxStatsResponse { stats: Some(s) })
+        })
+        .await
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _request: Request<v1::ListPodSandboxStatsRequest>,
+        request: Request<v1::ListPodSandboxStatsRequest>,
     ) -> Result<Response<v1::ListPodSandboxStatsResponse>, Status> {
-        Err(not_yet("ListPodSandboxStats"))
+        let filter = request.into_inner().filter;
+        self.blocking("ListPodSandboxStats", move |d| {
+            Ok(v1::ListPodSandboxStatsResponse {
+                stats: d.list_pod_sandbox_stats(filter),
+            })
+        })
+        .await
     }
 
     async fn stream_pod_sandbox_stats(
@@ -463,23 +487,45 @@ impl RuntimeService for RuntimeServer {
 
     async fn get_container_events(
         &self,
-        _request: Request<v1::GetEventsRequest>,
+        request: Request<v1::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(not_yet("GetContainerEvents"))
+        let _ = request;
+        let rx = self.daemon.events.subscribe();
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Ok(ev) => Some((Ok(ev), rx)),
+                // A subscriber that fell behind gets an error it can act on
+                // (relist) rather than a silent gap.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Some((
+                    Err(Status::data_loss(format!(
+                        "{n} container events were dropped; relist"
+                    ))),
+                    rx,
+                )),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_metric_descriptors(
         &self,
-        _request: Request<v1::ListMetricDescriptorsRequest>,
+        request: Request<v1::ListMetricDescriptorsRequest>,
     ) -> Result<Response<v1::ListMetricDescriptorsResponse>, Status> {
-        Err(not_yet("ListMetricDescriptors"))
+        let _ = request;
+        Ok(Response::new(v1::ListMetricDescriptorsResponse {
+            descriptors: Vec::new(),
+        }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
-        _request: Request<v1::ListPodSandboxMetricsRequest>,
+        request: Request<v1::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<v1::ListPodSandboxMetricsResponse>, Status> {
-        Err(not_yet("ListPodSandboxMetrics"))
+        let _ = request;
+        Ok(Response::new(v1::ListPodSandboxMetricsResponse {
+            pod_metrics: Vec::new(),
+        }))
     }
 
     async fn stream_pod_sandbox_metrics(

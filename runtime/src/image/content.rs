@@ -102,7 +102,7 @@ impl std::ops::AddAssign for Usage {
 /// Walks `path` without following symlinks and counts each inode once (hardlinks
 /// share an inode; counting them twice would overstate what deleting frees).
 /// A missing `path` uses nothing.
-pub(crate) fn disk_usage(path: &Path) -> io::Result<Usage> {
+pub fn disk_usage(path: &Path) -> io::Result<Usage> {
     let mut usage = Usage::default();
     let mut seen = std::collections::HashSet::new();
     let mut stack = vec![path.to_path_buf()];
