@@ -59,10 +59,10 @@ impl Daemon {
     /// Queues an event about container `id` of pod `sandbox_id`.
     pub fn emit(&self, id: &str, sandbox_id: &str, kind: v1::ContainerEventType) {
         match kind {
-            v1::ContainerEventType::ContainerStoppedEvent => {
-                if !lock(&self.events.stopped).insert(id.to_string()) {
-                    return;
-                }
+            v1::ContainerEventType::ContainerStoppedEvent
+                if !lock(&self.events.stopped).insert(id.to_string()) =>
+            {
+                return;
             }
             v1::ContainerEventType::ContainerDeletedEvent => {
                 lock(&self.events.stopped).remove(id);
