@@ -588,6 +588,13 @@ fn masq_rule(ip: IpNet, comment: &str) -> NfListObject<'static> {
 }
 
 fn add_masquerade(ips: &[IpConfig], comment: &str) -> Result<(), CniError> {
+    Nft::locate()
+        .apply(masquerade_batch(ips, comment))
+        .map_err(nft_err)
+}
+
+/// The table, its chain and one masquerade rule per address in `ips`.
+pub fn masquerade_batch(ips: &[IpConfig], comment: &str) -> nft::Batch<'static> {
     let t = nft_table();
     let mut b = nft::batch();
     b.add(t.table());
@@ -600,7 +607,7 @@ fn add_masquerade(ips: &[IpConfig], comment: &str) -> Result<(), CniError> {
     for ip in ips {
         b.add(masq_rule(ip.address, comment));
     }
-    Nft::locate().apply(b).map_err(nft_err)
+    b
 }
 
 pub fn del(c: &BridgeConf, inv: &Invocation, raw: &Value) -> Result<(), CniError> {

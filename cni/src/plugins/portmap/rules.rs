@@ -13,7 +13,7 @@
 //!       per pod address: ip daddr POD mark & M == M masquerade }
 //!   chain input       { type filter hook input priority filter;
 //!       iif != lo ip daddr 127.0.0.0/8 ip saddr != 127.0.0.0/8
-//!       ct state != { established, related } ct status & dnat == 0 drop }
+//!       ct state ! established,related ct status ! dnat drop }
 //! }
 //! ```
 //!
@@ -278,9 +278,9 @@ fn localhost_guard() -> Vec<Statement<'static>> {
         nft::ne(nft::meta(MetaKey::Iif), nft::string("lo")),
         nft::eq(nft::payload("ip", "daddr"), nft::prefix(lo)),
         nft::ne(nft::payload("ip", "saddr"), nft::prefix(lo)),
-        nft::ne(
+        nft::flags_clear(
             nft::ct("state"),
-            nft::set(vec![nft::string("established"), nft::string("related")]),
+            nft::any_of(vec![nft::string("established"), nft::string("related")]),
         ),
         nft::flags_clear(nft::ct("status"), nft::string("dnat")),
         nft::drop(),
