@@ -587,10 +587,21 @@ fn masq_rule(ip: IpNet, comment: &str) -> NfListObject<'static> {
     )
 }
 
+/// Adds the rules alone first: once the table and chain exist (every ADD
+/// but the node's first), adding them again would be a chain update, which
+/// the kernel frees only after an RCU grace period. When they are missing
+/// the whole batch makes them.
 fn add_masquerade(ips: &[IpConfig], comment: &str) -> Result<(), CniError> {
-    Nft::locate()
-        .apply(masquerade_batch(ips, comment))
-        .map_err(nft_err)
+    let nft = Nft::locate();
+    let mut rules = nft::batch();
+    for ip in ips {
+        rules.add(masq_rule(ip.address, comment));
+    }
+    match nft.apply(rules) {
+        Err(e) if e.is_not_found() => nft.apply(masquerade_batch(ips, comment)),
+        other => other,
+    }
+    .map_err(nft_err)
 }
 
 /// The table, its chain and one masquerade rule per address in `ips`.

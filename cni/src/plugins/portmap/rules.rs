@@ -40,7 +40,7 @@ use nftables::types::{NfChainType, NfFamily, NfHook};
 use sha2::{Digest, Sha256};
 
 use super::config::{PortMapping, PortmapConf};
-use crate::nft::{self, TableRef};
+use crate::nft::{self, Listing, TableRef};
 use crate::types::{CniError, code};
 
 pub const TABLE: &str = "berth-portmap";
@@ -264,6 +264,15 @@ pub fn base(batch: &mut Batch<'static>) {
     }
     batch.add_cmd(t.flush_chain(INPUT));
     batch.add(t.rule(INPUT, localhost_guard(), None));
+}
+
+/// Whether `listing` shows the table with what [`base`] makes: the jumps
+/// and the guard (which also means every chain exists, as [`base`] makes
+/// them all in one transaction).
+pub fn has_base(listing: &Listing) -> bool {
+    [PREROUTING, OUTPUT, INPUT]
+        .iter()
+        .all(|c| listing.rules_in(c).next().is_some())
 }
 
 /// 127.0.0.0/8.
