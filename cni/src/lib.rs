@@ -9,8 +9,9 @@
 //! - [`plugins`]: the plugins themselves, by name; [`exec`]: a plugin as an
 //!   executable (berth invoked under the plugin's name);
 //! - [`ipam`]: delegation to the IPAM plugin of a config.
-//! - [`link`], [`nft`], [`netns`]: netlink, nftables and namespace helpers
-//!   the plugins share; [`invoke`]: running plugin executables.
+//! - [`link`], [`nft`] (over [`nfnetlink`]), [`netns`]: netlink, nftables
+//!   and namespace helpers the plugins share; [`invoke`]: running plugin
+//!   executables.
 
 pub mod client;
 pub mod exec;
@@ -18,6 +19,7 @@ pub mod invoke;
 pub mod ipam;
 pub mod link;
 pub mod netns;
+pub mod nfnetlink;
 pub mod nft;
 pub mod plugins;
 pub mod protocol;

@@ -1,6 +1,11 @@
-//! berth's nftables rules, through the `nftables` crate (which drives
-//! `nft -j`), for every component that filters or translates packets: the
-//! bridge plugin (ipMasq), portmap, and later the service proxy.
+//! berth's nftables rules, for every component that filters or translates
+//! packets: the bridge plugin (ipMasq), portmap, and later the service
+//! proxy. Rules are described with the `nftables` crate's schema (the JSON
+//! of `nft -j`); [`Nft::apply`] and the listings that find our rules
+//! ([`Nft::list_rules`], [`Nft::apply_listed`], the `delete_rules_*`
+//! family) talk to the kernel over netlink ([`crate::nfnetlink`]), which
+//! is what keeps pod setup fast; [`Nft::list_table`] (rules with their
+//! statements, for CHECK) and [`Nft::probe`] run the `nft` program.
 //!
 //! Conventions, so berth never disturbs what it did not create:
 //! - each user works only in its own tables ([`TableRef`]: a family and a
@@ -17,13 +22,14 @@
 //!   a rule that a concurrent run deleted after we listed it fails as a
 //!   whole; [`Nft::apply_listed`] then lists and builds it again.
 //!
-//! Listings are read as plain JSON rather than the crate's typed schema:
-//! removal needs only chains, handles and comments, and a newer `nft`
-//! printing an expression the schema does not know must not make our own
-//! rules undeletable. The expression builders at the end ([`payload`],
-//! [`eq`], [`dnat`], ...) cover what berth writes.
+//! Removal needs only chains, handles and comments, so its listing reads
+//! nothing else: an expression this code does not know must never make our
+//! own rules undeletable. `nft` listings are read as plain JSON for the
+//! same reason. The expression builders at the end ([`payload`], [`eq`],
+//! [`dnat`], ...) cover what berth writes, and what the netlink encoder
+//! translates.
 //!
-//! Each call runs `nft` in the network namespace of the calling thread.
+//! Each call works in the network namespace of the calling thread.
 //!
 //! ```no_run
 //! use berth_cni::nft::{self, NfChainType, NfFamily, NfHook, Nft, TableRef};
@@ -44,7 +50,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
-use nftables::batch::Batch;
+pub use nftables::batch::Batch;
 use nftables::expr::{
     BinaryOperation, CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression,
     Payload, PayloadField, Prefix, SetItem,
@@ -55,6 +61,8 @@ use nftables::stmt::{JumpTarget, Mangle, Match, NAT, NATFamily, Operator, Statem
 use nftables::types::NfChainPolicy;
 pub use nftables::types::{NfChainType, NfFamily, NfHook};
 use serde_json::Value;
+
+use crate::nfnetlink::{self, Nfnl};
 
 /// The longest comment nft accepts back when it reads a ruleset it printed
 /// (`nft -f`); `nft -j` would take longer ones, but a saved ruleset holding
@@ -76,13 +84,22 @@ pub enum NftError {
     Failed { what: String, stderr: String },
     #[error("cannot read what nft printed {what}: {detail}")]
     Output { what: String, detail: String },
+    #[error("nf_tables {what}: {source}")]
+    Netlink {
+        what: String,
+        source: crate::nfnetlink::NfnlError,
+    },
 }
 
 impl NftError {
     /// Whether nft said the object does not exist (ENOENT), e.g. listing a
     /// table nobody created yet, or deleting a rule someone else deleted.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, NftError::Failed { stderr, .. } if stderr.contains("No such file or directory"))
+        match self {
+            NftError::Failed { stderr, .. } => stderr.contains("No such file or directory"),
+            NftError::Netlink { source, .. } => source.errno() == Some(libc::ENOENT),
+            _ => false,
+        }
     }
 
     /// Whether the `nft` executable itself is missing: then nothing of
@@ -149,14 +166,29 @@ impl Nft {
         &self.program
     }
 
-    /// Applies `batch` in one transaction: all of it or nothing.
+    /// Applies `batch` in one transaction: all of it or nothing. Goes to
+    /// the kernel over netlink, not through `nft` (see [`crate::nfnetlink`]).
     pub fn apply(&self, batch: Batch<'_>) -> Result<(), NftError> {
+        let nl = open_netlink()?;
+        apply_netlink(&nl, batch)
+    }
+
+    /// Applies `batch` through the `nft` program: what the netlink path is
+    /// checked against.
+    pub fn apply_with_program(&self, batch: Batch<'_>) -> Result<(), NftError> {
         let doc = batch.to_nftables();
         helper::apply_ruleset_with_args(&doc, Some(&self.program), helper::DEFAULT_ARGS)
             .map_err(|e| NftError::from_crate("applying a batch", e))
     }
 
-    /// Lists `table`; `None` when it does not exist.
+    /// Lists `table`'s rules (chain, handle, comment; no statements) over
+    /// netlink: a missing table lists as empty.
+    pub fn list_rules(&self, table: &TableRef) -> Result<Listing, NftError> {
+        list_netlink(&open_netlink()?, table)
+    }
+
+    /// Lists `table` through `nft`, with every rule's statements; `None`
+    /// when it does not exist.
     pub fn list_table(&self, table: &TableRef) -> Result<Option<Listing>, NftError> {
         let fam = family_name(table.family);
         let what = format!("listing table {fam} {}", table.name);
@@ -192,13 +224,14 @@ impl Nft {
         table: &TableRef,
         mut build: impl FnMut(Option<&Listing>) -> Option<Batch<'static>>,
     ) -> Result<(), NftError> {
+        let nl = open_netlink()?;
         let mut attempt = 1;
         loop {
-            let listing = self.list_table(table)?;
-            let Some(batch) = build(listing.as_ref()) else {
+            let listing = list_netlink(&nl, table)?;
+            let Some(batch) = build(Some(&listing)) else {
                 return Ok(());
             };
-            match self.apply(batch) {
+            match apply_netlink(&nl, batch) {
                 Err(e) if e.is_not_found() && attempt < ATTEMPTS => attempt += 1,
                 other => return other,
             }
@@ -213,9 +246,8 @@ impl Nft {
         comment: &str,
     ) -> Result<Vec<ListedRule>, NftError> {
         Ok(self
-            .list_table(table)?
-            .map(|l| l.rules)
-            .unwrap_or_default()
+            .list_rules(table)?
+            .rules
             .into_iter()
             .filter(|r| r.comment.as_deref() == Some(comment))
             .collect())
@@ -255,6 +287,49 @@ impl Nft {
     ) -> Result<usize, NftError> {
         self.delete_rules_where(table, |r| r.comment.as_deref() == Some(comment))
     }
+}
+
+fn open_netlink() -> Result<Nfnl, NftError> {
+    Nfnl::open().map_err(|source| NftError::Netlink {
+        what: "opening a socket".into(),
+        source,
+    })
+}
+
+fn apply_netlink(nl: &Nfnl, batch: Batch<'_>) -> Result<(), NftError> {
+    let doc = batch.to_nftables();
+    let what = || "applying a batch".to_string();
+    let enc = nfnetlink::encode(&doc.objects).map_err(|source| NftError::Netlink {
+        what: what(),
+        source,
+    })?;
+    nl.apply(&enc).map_err(|source| NftError::Netlink {
+        what: what(),
+        source,
+    })
+}
+
+fn list_netlink(nl: &Nfnl, table: &TableRef) -> Result<Listing, NftError> {
+    let what = || format!("listing table {} {}", family_name(table.family), table.name);
+    let rules = nl
+        .list_rules(table.family, &table.name)
+        .map_err(|source| NftError::Netlink {
+            what: what(),
+            source,
+        })?;
+    let mut out = Listing::default();
+    for r in rules {
+        out.rules.push(ListedRule {
+            chain: r.chain,
+            handle: u32::try_from(r.handle).map_err(|_| NftError::Output {
+                what: what(),
+                detail: format!("rule handle {}", r.handle),
+            })?,
+            comment: r.comment,
+            expr: Value::Null,
+        });
+    }
+    Ok(out)
 }
 
 /// What a listing holds: chains, and rules with their handles.
@@ -467,6 +542,11 @@ pub fn set(items: Vec<Expression<'static>>) -> Expression<'static> {
     Expression::Named(NamedExpression::Set(
         items.into_iter().map(SetItem::Element).collect(),
     ))
+}
+
+/// `a | b | ...`: a union of flags, e.g. conntrack states.
+pub fn any_of(items: Vec<Expression<'static>>) -> Expression<'static> {
+    Expression::BinaryOperation(Box::new(BinaryOperation::OR(items)))
 }
 
 /// `left & bits == 0`: none of the flags in `bits` is set.

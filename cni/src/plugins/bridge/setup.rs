@@ -587,7 +587,25 @@ fn masq_rule(ip: IpNet, comment: &str) -> NfListObject<'static> {
     )
 }
 
+/// Adds the rules alone first: once the table and chain exist (every ADD
+/// but the node's first), adding them again would be a chain update, which
+/// the kernel frees only after an RCU grace period. When they are missing
+/// the whole batch makes them.
 fn add_masquerade(ips: &[IpConfig], comment: &str) -> Result<(), CniError> {
+    let nft = Nft::locate();
+    let mut rules = nft::batch();
+    for ip in ips {
+        rules.add(masq_rule(ip.address, comment));
+    }
+    match nft.apply(rules) {
+        Err(e) if e.is_not_found() => nft.apply(masquerade_batch(ips, comment)),
+        other => other,
+    }
+    .map_err(nft_err)
+}
+
+/// The table, its chain and one masquerade rule per address in `ips`.
+pub fn masquerade_batch(ips: &[IpConfig], comment: &str) -> nft::Batch<'static> {
     let t = nft_table();
     let mut b = nft::batch();
     b.add(t.table());
@@ -600,7 +618,7 @@ fn add_masquerade(ips: &[IpConfig], comment: &str) -> Result<(), CniError> {
     for ip in ips {
         b.add(masq_rule(ip.address, comment));
     }
-    Nft::locate().apply(b).map_err(nft_err)
+    b
 }
 
 pub fn del(c: &BridgeConf, inv: &Invocation, raw: &Value) -> Result<(), CniError> {

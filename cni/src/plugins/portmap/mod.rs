@@ -94,7 +94,13 @@ impl Portmap {
         self.nft
             .apply_listed(&rules::table(), |listing| {
                 let mut batch = nft::batch();
-                rules::base(&mut batch);
+                // The base chains are set up once: refilling them on every
+                // ADD would free their old rules after an RCU grace period.
+                // If they vanish after this listing the batch fails and
+                // starts over from a new one.
+                if !listing.is_some_and(rules::has_base) {
+                    rules::base(&mut batch);
+                }
                 for r in listing.iter().flat_map(|l| Self::owned(l, &mine)) {
                     batch.add_cmd(rules::delete(&r.chain, r.handle));
                 }

@@ -13,7 +13,7 @@
 //!       per pod address: ip daddr POD mark & M == M masquerade }
 //!   chain input       { type filter hook input priority filter;
 //!       iif != lo ip daddr 127.0.0.0/8 ip saddr != 127.0.0.0/8
-//!       ct state != { established, related } ct status & dnat == 0 drop }
+//!       ct state ! established,related ct status ! dnat drop }
 //! }
 //! ```
 //!
@@ -40,7 +40,7 @@ use nftables::types::{NfChainType, NfFamily, NfHook};
 use sha2::{Digest, Sha256};
 
 use super::config::{PortMapping, PortmapConf};
-use crate::nft::{self, TableRef};
+use crate::nft::{self, Listing, TableRef};
 use crate::types::{CniError, code};
 
 pub const TABLE: &str = "berth-portmap";
@@ -266,6 +266,15 @@ pub fn base(batch: &mut Batch<'static>) {
     batch.add(t.rule(INPUT, localhost_guard(), None));
 }
 
+/// Whether `listing` shows the table with what [`base`] makes: the jumps
+/// and the guard (which also means every chain exists, as [`base`] makes
+/// them all in one transaction).
+pub fn has_base(listing: &Listing) -> bool {
+    [PREROUTING, OUTPUT, INPUT]
+        .iter()
+        .all(|c| listing.rules_in(c).next().is_some())
+}
+
 /// 127.0.0.0/8.
 fn loopback_net() -> IpNet {
     IpNet::V4(ipnet::Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8))
@@ -278,9 +287,9 @@ fn localhost_guard() -> Vec<Statement<'static>> {
         nft::ne(nft::meta(MetaKey::Iif), nft::string("lo")),
         nft::eq(nft::payload("ip", "daddr"), nft::prefix(lo)),
         nft::ne(nft::payload("ip", "saddr"), nft::prefix(lo)),
-        nft::ne(
+        nft::flags_clear(
             nft::ct("state"),
-            nft::set(vec![nft::string("established"), nft::string("related")]),
+            nft::any_of(vec![nft::string("established"), nft::string("related")]),
         ),
         nft::flags_clear(nft::ct("status"), nft::string("dnat")),
         nft::drop(),
