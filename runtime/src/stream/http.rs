@@ -234,13 +234,13 @@ fn log_query_mismatch(query: &[(String, String)], opts: &Options, cmd: Option<&V
 fn spdy_handshake(
     h: &HeaderMap,
     supported: &'static [(&'static str, u8)],
-) -> Result<(&'static str, u8), Resp> {
+) -> Result<(&'static str, u8), Box<Resp>> {
     let offered = header_values(h, STREAM_PROTOCOL_HEADER);
     if offered.is_empty() {
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::BAD_REQUEST,
             "unable to upgrade: header X-Stream-Protocol-Version does not exist or is empty",
-        ));
+        )));
     }
     for o in &offered {
         if let Some(&(name, v)) = supported.iter().find(|(n, _)| n == o) {
@@ -258,7 +258,7 @@ fn spdy_handshake(
         r.headers_mut()
             .append(ACCEPTED_PROTOCOLS_HEADER, HeaderValue::from_static(n));
     }
-    Err(r)
+    Err(Box::new(r))
 }
 
 fn spdy_upgrade_ok(h: &HeaderMap) -> bool {
@@ -279,21 +279,21 @@ fn switching(upgrade: &'static str) -> Resp {
 fn websocket_accept(
     req: &Request<Incoming>,
     supported: &[(&'static str, ws::WsProtocol)],
-) -> Result<(Resp, ws::WsProtocol), Resp> {
+) -> Result<(Resp, ws::WsProtocol), Box<Resp>> {
     let h = req.headers();
     let Some(key) = h.get("sec-websocket-key") else {
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::BAD_REQUEST,
             "missing Sec-WebSocket-Key header",
-        ));
+        )));
     };
     let offered = header_values(h, "sec-websocket-protocol");
     let Some((name, proto)) = ws::negotiate(&offered, supported) else {
         let ours: Vec<&str> = supported.iter().map(|(n, _)| *n).collect();
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::BAD_REQUEST,
             format!("requested protocol(s) are not supported: {offered:?}; supports {ours:?}"),
-        ));
+        )));
     };
     let mut r = switching("websocket");
     if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
@@ -350,7 +350,7 @@ fn upgrade_remotecommand(
     if is_websocket(req.headers()) {
         let (resp, proto) = match websocket_accept(&req, ws::REMOTECOMMAND_PROTOCOLS) {
             Ok(v) => v,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         spawn_upgraded(&shared, req, move |io| async move {
             let socket = WebSocketStream::from_raw_socket(io, WsRole::Server, None).await;
@@ -360,7 +360,7 @@ fn upgrade_remotecommand(
     }
     let (name, version) = match spdy_handshake(req.headers(), SPDY_REMOTECOMMAND) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !spdy_upgrade_ok(req.headers()) {
         return text(
@@ -396,7 +396,7 @@ fn upgrade_portforward(
     if is_websocket(req.headers()) {
         let (resp, proto) = match websocket_accept(&req, ws::PORTFORWARD_PROTOCOLS) {
             Ok(v) => v,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         spawn_upgraded(&shared, req, move |io| async move {
             let socket = WebSocketStream::from_raw_socket(io, WsRole::Server, None).await;
@@ -406,7 +406,7 @@ fn upgrade_portforward(
     }
     let (name, _) = match spdy_handshake(req.headers(), SPDY_PORTFORWARD) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !spdy_upgrade_ok(req.headers()) {
         return text(

@@ -242,7 +242,10 @@ pub(crate) async fn serve_ws<S>(
 async fn run(channels: Channels, opts: Options, command: Command, backend: Arc<dyn Backend>) {
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let stdin: Option<Input> = channels.stdin.map(|mut src| {
-        let (r, mut w) = tokio::io::simplex(PIPE_SIZE);
+        // Duplex rather than simplex halves: dropping either end is end of
+        // file for the other, so a backend that just drops its streams is
+        // seen as done.
+        let (mut w, r) = tokio::io::duplex(PIPE_SIZE);
         tasks.push(tokio::spawn(async move {
             while let Some(chunk) = src.recv().await {
                 if w.write_all(&chunk).await.is_err() {
@@ -256,7 +259,7 @@ async fn run(channels: Channels, opts: Options, command: Command, backend: Arc<d
     let mut drains: Vec<JoinHandle<()>> = Vec::new();
     let mut output = |sink: Option<Sink>| {
         sink.map(|sink| {
-            let (mut r, w) = tokio::io::simplex(PIPE_SIZE);
+            let (mut r, w) = tokio::io::duplex(PIPE_SIZE);
             drains.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; 32 * 1024];
                 let mut client_alive = true;
