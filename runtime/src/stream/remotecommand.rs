@@ -126,18 +126,25 @@ pub(crate) async fn serve_spdy(
             }
         };
         let kind = s.headers.get("streamtype").unwrap_or("").to_owned();
-        let known = matches!(
-            kind.as_str(),
-            "error" | "stdin" | "stdout" | "stderr" | "resize"
-        ) && (kind != "resize" || resize_supported);
-        if !known || streams.contains_key(&kind) {
-            tracing::debug!(stream_type = %kind, "unexpected stream; refused");
-            s.reject().await;
-            continue;
-        }
+        let wanted = match kind.as_str() {
+            "error" => true,
+            "stdin" => opts.stdin,
+            "stdout" => opts.stdout,
+            "stderr" => opts.stderr,
+            "resize" => opts.tty && resize_supported,
+            _ => false,
+        };
         let Ok(stream) = s.accept().await else {
             return Err(SessionError::ClientGone);
         };
+        if !wanted || streams.contains_key(&kind) {
+            // Upstream answers every stream and ignores those it does not
+            // use (client-go opens stderr whatever the CRI request said);
+            // ending ours at once lets the client's reader finish.
+            tracing::debug!(stream_type = %kind, "stream not used by this session");
+            let _ = stream.writer.close().await;
+            continue;
+        }
         streams.insert(kind, (stream.reader, stream.writer));
     }
     let mut take = |k: &str| streams.remove(k);
@@ -176,17 +183,19 @@ pub(crate) async fn serve_spdy(
             StatusFormat::Text
         },
     };
-    // Streams opened after setup are not part of the protocol.
-    let rejecter = tokio::spawn(async move {
+    // Streams opened after setup are not used either (see above).
+    let extra_streams = tokio::spawn(async move {
         while let Some(s) = incoming.recv().await {
-            s.reject().await;
+            if let Ok(stream) = s.accept().await {
+                let _ = stream.writer.close().await;
+            }
         }
     });
     run(channels, opts, command, backend).await;
     for w in &all_writers {
         let _ = w.close().await;
     }
-    rejecter.abort();
+    extra_streams.abort();
     conn.close().await;
     Ok(())
 }

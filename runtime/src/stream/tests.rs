@@ -456,6 +456,35 @@ async fn spdy_attach_streams_stdin_and_stdout() {
 }
 
 #[tokio::test]
+async fn streams_the_request_did_not_ask_for_are_answered_and_ended() {
+    // client-go opens stderr for a non-tty session whatever the CRI request
+    // said; the session must neither count it nor refuse it.
+    let s = server().await;
+    let url = s
+        .get_attach(&AttachRequest {
+            container_id: "c1".into(),
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        })
+        .unwrap()
+        .url;
+    let (conn, _) = spdy_connect(&url, "v4.channel.k8s.io").await;
+    let r = tokio::time::timeout(TIMEOUT, spdy_session(&conn, Some(b"x"), true, true, None))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, b"attached:x");
+    assert!(r.stderr.is_empty());
+    assert_eq!(status(&r.error)["status"], "Success");
+    let mut extra = conn
+        .open_stream(Headers::new().with("streamType", "bogus"))
+        .await;
+    if let Ok(extra) = &mut extra {
+        assert!(read_all(extra).await.is_empty());
+    }
+}
+
+#[tokio::test]
 async fn tokens_work_once_and_unknown_paths_are_404() {
     let s = server().await;
     let url = s
