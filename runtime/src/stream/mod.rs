@@ -84,6 +84,9 @@ pub struct StreamConfig {
     pub stream_creation_timeout: Duration,
     /// How long a URL stays valid before it is used (upstream: 1 minute).
     pub token_ttl: Duration,
+    /// Serve HTTPS with this configuration (URLs then say `https`). Its ALPN
+    /// list is replaced by `http/1.1`: upgrades need HTTP/1.1.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for StreamConfig {
@@ -94,6 +97,7 @@ impl Default for StreamConfig {
             stream_idle_timeout: Duration::from_secs(4 * 3600),
             stream_creation_timeout: Duration::from_secs(30),
             token_ttl: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -169,10 +173,20 @@ impl StreamServer {
             addr: config.addr,
             source,
         })?;
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let (base_url, prefix) = match &config.base_url {
-            None => (format!("http://{local_addr}"), String::new()),
+            None => (format!("{scheme}://{local_addr}"), String::new()),
             Some(url) => split_base_url(url)?,
         };
+        let tls = config.tls.as_ref().map(|c| {
+            let mut c = (**c).clone();
+            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+            tokio_rustls::TlsAcceptor::from(Arc::new(c))
+        });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(http::Shared {
             cache: cache::RequestCache::new(config.token_ttl),
@@ -181,7 +195,7 @@ impl StreamServer {
             prefix,
             shutdown: shutdown_rx.clone(),
         });
-        let accept = tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx));
+        let accept = tokio::spawn(accept_loop(listener, tls, shared.clone(), shutdown_rx));
         tracing::info!(%local_addr, %base_url, "CRI streaming server listening");
         Ok(StreamServer {
             shared,
@@ -311,8 +325,12 @@ fn split_base_url(url: &str) -> Result<(String, String), StreamError> {
     Ok((format!("{scheme}://{authority}"), prefix))
 }
 
+/// A TLS handshake that takes longer than this is abandoned.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<http::Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -331,19 +349,42 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
-        let mut shutdown = shutdown.clone();
+        let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| http::handle(shared.clone(), req));
-            let conn = http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades();
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "streaming HTTP connection ended with an error");
-                },
-                _ = stopped(&mut shutdown) => {}
+            match tls {
+                None => serve_http(TokioIo::new(tcp), peer, shared, shutdown).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            serve_http(TokioIo::new(stream), peer, shared, shutdown).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
+    }
+}
+
+async fn serve_http<I>(
+    io: I,
+    peer: SocketAddr,
+    shared: Arc<http::Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| http::handle(shared.clone(), req));
+    let conn = http1::Builder::new()
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            tracing::debug!(%peer, error = %e, "streaming HTTP connection ended with an error");
+        },
+        _ = stopped(&mut shutdown) => {}
     }
 }
 

@@ -124,17 +124,26 @@ fn exec_req(cmd: &[&str], stdin: bool, stdout: bool, stderr: bool, tty: bool) ->
 async fn upgrade(url: &str, headers: &[(&str, &str)]) -> (TcpStream, u16, Vec<(String, String)>) {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap());
-    let mut tcp = TcpStream::connect(host).await.unwrap();
+    let tcp = TcpStream::connect(host).await.unwrap();
+    upgrade_on(tcp, host, path, headers).await
+}
+
+async fn upgrade_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut conn: S,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (S, u16, Vec<(String, String)>) {
     let mut req = format!("POST {path} HTTP/1.1\r\nHost: {host}\r\n");
     for (k, v) in headers {
         req += &format!("{k}: {v}\r\n");
     }
     req += "\r\n";
-    tcp.write_all(req.as_bytes()).await.unwrap();
+    conn.write_all(req.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
-        if tcp.read(&mut b).await.unwrap() == 0 {
+        if conn.read(&mut b).await.unwrap() == 0 {
             break;
         }
         head.push(b[0]);
@@ -153,7 +162,7 @@ async fn upgrade(url: &str, headers: &[(&str, &str)]) -> (TcpStream, u16, Vec<(S
         .filter_map(|l| l.split_once(": "))
         .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
         .collect();
-    (tcp, status, hdrs)
+    (conn, status, hdrs)
 }
 
 async fn spdy_connect(url: &str, protocols: &str) -> (Connection, String) {
@@ -897,4 +906,109 @@ async fn shutdown_ends_running_sessions() {
     tokio::time::timeout(TIMEOUT, read_all(&mut o))
         .await
         .unwrap();
+}
+
+// ---- TLS ----
+
+fn tls_configs() -> (Arc<rustls::ServerConfig>, tokio_rustls::TlsConnector) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = ck.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (
+        Arc::new(server),
+        tokio_rustls::TlsConnector::from(Arc::new(client)),
+    )
+}
+
+#[tokio::test]
+async fn tls_serves_spdy_and_websocket() {
+    let (server_tls, connector) = tls_configs();
+    let s = server_with(StreamConfig {
+        tls: Some(server_tls),
+        ..StreamConfig::default()
+    })
+    .await;
+    assert!(s.base_url().starts_with("https://"));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+
+    let url = s
+        .get_exec(&exec_req(&["echo", "secret"], false, true, false, false))
+        .unwrap()
+        .url;
+    let path = &url[url.find("/exec/").unwrap()..];
+    let tcp = TcpStream::connect(s.local_addr()).await.unwrap();
+    let tls = connector.connect(name.clone(), tcp).await.unwrap();
+    let (tls, status, _) = upgrade_on(
+        tls,
+        "localhost",
+        path,
+        &[
+            ("Connection", "Upgrade"),
+            ("Upgrade", "SPDY/3.1"),
+            ("X-Stream-Protocol-Version", "v4.channel.k8s.io"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 101);
+    let (conn, _) = Connection::start(tls, Role::Client, None);
+    let r = tokio::time::timeout(TIMEOUT, spdy_session(&conn, None, true, false, None))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, b"secret\n");
+
+    let url = s
+        .get_exec(&exec_req(&["echo", "ws"], false, true, false, false))
+        .unwrap()
+        .url;
+    let path = &url[url.find("/exec/").unwrap()..];
+    let tcp = TcpStream::connect(s.local_addr()).await.unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let mut req = format!("wss://localhost{path}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v5.channel.k8s.io".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+    let mut stdout = Vec::new();
+    while let Some(Ok(msg)) = ws.next().await {
+        match msg {
+            Message::Binary(b) if b[0] == 1 => stdout.extend_from_slice(&b[1..]),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(stdout, b"ws\n");
+
+    // A plain-text client gets no service.
+    let url = s
+        .get_exec(&exec_req(&["echo"], false, true, false, false))
+        .unwrap()
+        .url
+        .replacen("https://", "http://", 1);
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let tcp = TcpStream::connect(host).await.unwrap();
+    let mut tcp = tcp;
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut resp)).await;
+    assert!(!resp.starts_with(b"HTTP/1.1 101"));
 }
