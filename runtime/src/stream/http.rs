@@ -287,6 +287,17 @@ fn websocket_accept(
             "missing Sec-WebSocket-Key header",
         )));
     };
+    if h.get("sec-websocket-version")
+        .is_some_and(|v| v.as_bytes() != b"13")
+    {
+        let mut r = text(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported WebSocket version; 13 is spoken",
+        );
+        r.headers_mut()
+            .insert("sec-websocket-version", HeaderValue::from_static("13"));
+        return Err(Box::new(r));
+    }
     let offered = header_values(h, "sec-websocket-protocol");
     let Some((name, proto)) = ws::negotiate(&offered, supported) else {
         let ours: Vec<&str> = supported.iter().map(|(n, _)| *n).collect();
@@ -352,9 +363,10 @@ fn upgrade_remotecommand(
             Ok(v) => v,
             Err(r) => return *r,
         };
+        let idle = nonzero(shared.config.stream_idle_timeout);
         spawn_upgraded(&shared, req, move |io| async move {
             let socket = WebSocketStream::from_raw_socket(io, WsRole::Server, None).await;
-            remotecommand::serve_ws(socket, proto, opts, command, backend).await;
+            remotecommand::serve_ws(socket, proto, opts, command, backend, idle).await;
         });
         return resp;
     }
@@ -398,9 +410,10 @@ fn upgrade_portforward(
             Ok(v) => v,
             Err(r) => return *r,
         };
+        let idle = nonzero(shared.config.stream_idle_timeout);
         spawn_upgraded(&shared, req, move |io| async move {
             let socket = WebSocketStream::from_raw_socket(io, WsRole::Server, None).await;
-            portforward::serve_ws(socket, proto, pod_sandbox_id, ports, backend).await;
+            portforward::serve_ws(socket, proto, pod_sandbox_id, ports, backend, idle).await;
         });
         return resp;
     }

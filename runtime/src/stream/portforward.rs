@@ -259,6 +259,7 @@ pub(crate) async fn serve_ws<S>(
     pod_sandbox_id: String,
     ports: Vec<u16>,
     backend: Arc<dyn Backend>,
+    idle_timeout: Option<Duration>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -271,7 +272,7 @@ pub(crate) async fn serve_ws<S>(
         inbound.insert(ch, tx);
         receivers.push(rx);
     }
-    let conn = WsConn::start(socket, protocol, inbound);
+    let conn = WsConn::start(socket, protocol, inbound, idle_timeout);
     let mut tasks = Vec::new();
     for (i, mut rx) in receivers.into_iter().enumerate() {
         let port = ports[i];

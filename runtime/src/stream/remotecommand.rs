@@ -207,6 +207,7 @@ pub(crate) async fn serve_ws<S>(
     opts: Options,
     command: Command,
     backend: Arc<dyn Backend>,
+    idle_timeout: Option<Duration>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -219,7 +220,7 @@ pub(crate) async fn serve_ws<S>(
     }
     let (resize_tx, resize_rx) = mpsc::channel(8);
     inbound.insert(4u8, resize_tx);
-    let conn = WsConn::start(socket, protocol, inbound);
+    let conn = WsConn::start(socket, protocol, inbound, idle_timeout);
     // An empty message on the lowest writable channel tells the client the
     // session is up.
     let first = if opts.stdout {

@@ -1012,3 +1012,34 @@ async fn tls_serves_spdy_and_websocket() {
     let _ = tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut resp)).await;
     assert!(!resp.starts_with(b"HTTP/1.1 101"));
 }
+
+#[tokio::test]
+async fn idle_sessions_are_closed_on_both_transports() {
+    let s = server_with(StreamConfig {
+        stream_idle_timeout: Duration::from_millis(300),
+        ..StreamConfig::default()
+    })
+    .await;
+    let url = s
+        .get_exec(&exec_req(&["cat"], true, true, false, false))
+        .unwrap()
+        .url;
+    let (conn, _) = spdy_connect(&url, "v4.channel.k8s.io").await;
+    let open = |t: &'static str| conn.open_stream(Headers::new().with("streamType", t));
+    let _e = open("error").await.unwrap();
+    let _i = open("stdin").await.unwrap();
+    let mut o = open("stdout").await.unwrap();
+    tokio::time::timeout(TIMEOUT, read_all(&mut o))
+        .await
+        .unwrap();
+    tokio::time::timeout(TIMEOUT, conn.closed()).await.unwrap();
+
+    let url = s
+        .get_exec(&exec_req(&["cat"], true, true, false, false))
+        .unwrap()
+        .url;
+    let (mut ws, _) = ws_connect(&url, "v5.channel.k8s.io").await;
+    tokio::time::timeout(TIMEOUT, ws_collect(&mut ws, false))
+        .await
+        .unwrap();
+}

@@ -8,6 +8,9 @@
 //! stdin ends). Channels the session does not use are ignored, as upstream.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -154,6 +157,41 @@ pub(crate) fn negotiate(
     })
 }
 
+/// When the connection last carried a message either way.
+struct Activity {
+    started: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once `timeout` has passed without activity; never if `None`.
+    async fn idle(&self, timeout: Option<Duration>) {
+        let Some(timeout) = timeout else {
+            return std::future::pending().await;
+        };
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = self.started + last + timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
 /// Writes one channel's data to the client.
 #[derive(Clone)]
 pub(crate) struct ChannelWriter {
@@ -202,24 +240,42 @@ impl WsConn {
         ws: WebSocketStream<S>,
         protocol: WsProtocol,
         inbound: HashMap<u8, mpsc::Sender<Bytes>>,
+        idle_timeout: Option<Duration>,
     ) -> WsConn
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (mut sink, mut stream) = ws.split();
         let (out_tx, mut out_rx) = mpsc::channel::<Message>(64);
+        let activity = Arc::new(Activity::new());
+        let writer_activity = activity.clone();
         let writer = tokio::spawn(async move {
             while let Some(msg) = out_rx.recv().await {
                 let is_close = matches!(msg, Message::Close(_));
                 if sink.send(msg).await.is_err() || is_close {
                     break;
                 }
+                writer_activity.touch();
             }
             let _ = sink.close().await;
         });
+        let idle_out = out_tx.clone();
         let reader = tokio::spawn(async move {
             let mut inbound = inbound;
-            while let Some(msg) = stream.next().await {
+            loop {
+                let msg = tokio::select! {
+                    m = stream.next() => match m {
+                        Some(m) => m,
+                        None => break,
+                    },
+                    _ = activity.idle(idle_timeout) => {
+                        // As upstream's deadline: an idle connection is closed.
+                        tracing::debug!("WebSocket connection idle for too long; closing it");
+                        let _ = idle_out.try_send(Message::Close(None));
+                        break;
+                    }
+                };
+                activity.touch();
                 let data: Vec<u8> = match msg {
                     Ok(Message::Binary(b)) if !protocol.base64 => b.to_vec(),
                     Ok(Message::Text(t)) if protocol.base64 => t.as_bytes().to_vec(),
@@ -296,7 +352,7 @@ impl WsConn {
             })))
             .await;
         // The writer stops after the close frame.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.writer).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.writer).await;
         self.reader.abort();
     }
 }
