@@ -11,7 +11,8 @@
 //! portforward [PORT...]
 //! ```
 //!
-//! Run: `cargo run -p berth-runtime --example stream_server`.
+//! Run: `cargo run -p berth-runtime --example stream_server [-- --tls]`;
+//! `--tls` serves HTTPS with a throwaway self-signed certificate.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -125,9 +126,29 @@ impl Backend for HostBackend {
     }
 }
 
+fn self_signed() -> Arc<rustls::ServerConfig> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("make a certificate");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .expect("TLS config");
+    Arc::new(config)
+}
+
 #[tokio::main]
 async fn main() {
-    let server = StreamServer::start(StreamConfig::default(), Arc::new(HostBackend))
+    let tls = std::env::args().any(|a| a == "--tls");
+    let config = StreamConfig {
+        tls: tls.then(self_signed),
+        ..StreamConfig::default()
+    };
+    let server = StreamServer::start(config, Arc::new(HostBackend))
         .await
         .expect("start the streaming server");
     eprintln!("streaming server on {}", server.base_url());

@@ -1043,3 +1043,26 @@ async fn idle_sessions_are_closed_on_both_transports() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn websocket_pings_are_answered_during_a_session() {
+    // client-go pings every 5 s and gives up after 61 s without a pong.
+    let s = server().await;
+    let url = s
+        .get_exec(&exec_req(&["cat"], true, true, false, false))
+        .unwrap()
+        .url;
+    let (mut ws, _) = ws_connect(&url, "v5.channel.k8s.io").await;
+    ws.send(Message::Ping(b"hb".to_vec().into())).await.unwrap();
+    let pong = tokio::time::timeout(TIMEOUT, async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Pong(p) = m {
+                return p.to_vec();
+            }
+        }
+        Vec::new()
+    })
+    .await
+    .unwrap();
+    assert_eq!(pong, b"hb");
+}
