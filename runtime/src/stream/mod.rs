@@ -36,14 +36,14 @@
 //! protocol; `status.rs` the error-stream status; `cache.rs` the tokens;
 //! `backend.rs` the trait.
 
-pub mod backend;
+mod backend;
 mod cache;
 mod http;
-pub mod portforward;
-pub mod remotecommand;
+mod portforward;
+mod remotecommand;
 pub mod spdy;
 mod status;
-pub mod ws;
+mod ws;
 
 #[cfg(test)]
 mod tests;

@@ -98,7 +98,9 @@ pub(crate) async fn serve_spdy(
     creation_timeout: Duration,
 ) {
     let mut pending: HashMap<String, (Pair, tokio::time::Instant)> = HashMap::new();
-    let mut sweep = tokio::time::interval(Duration::from_secs(1).min(creation_timeout));
+    // A zero period would panic; a zero timeout just expires pairs at once.
+    let period = creation_timeout.clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut sweep = tokio::time::interval(period);
     loop {
         let s = tokio::select! {
             s = incoming.recv() => match s {
