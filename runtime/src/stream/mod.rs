@@ -24,6 +24,23 @@
 //! [`Backend`] (exec a command, attach to a container, connect to a port in
 //! a pod) on plain async byte streams, and this module does the protocols.
 //!
+//! ## Implementing a backend
+//!
+//! Each call gets the session's streams and lasts as long as the session;
+//! see [`Backend`] for what exec, attach and port forwarding are expected to
+//! do. The server's side of the contract:
+//!
+//! - stdin reaches end of file when the client closes it (SPDY half-close,
+//!   WebSocket v5 close signal) or leaves;
+//! - writes to stdout/stderr wait while the client reads slowly and fail
+//!   (broken pipe) once it has left;
+//! - when the call returns, what was written is delivered, then the result
+//!   goes on the error stream (exit code, or the error's message) and the
+//!   connection is closed;
+//! - a port-forward error reaches the client as text on that connection's
+//!   error stream; `BrokenPipe`/`ConnectionReset` from the pod side resets
+//!   the forwarded connection instead, and the session goes on.
+//!
 //! ```ignore
 //! let server = StreamServer::start(StreamConfig::default(), Arc::new(MyBackend)).await?;
 //! // in the Exec RPC:

@@ -272,14 +272,17 @@ async fn run(channels: Channels, opts: Options, command: Command, backend: Arc<d
             let (mut r, w) = tokio::io::duplex(PIPE_SIZE);
             drains.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; 32 * 1024];
-                let mut client_alive = true;
                 loop {
                     match r.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
-                        // Once the client is gone, keep draining so the
-                        // backend's writes do not block forever.
-                        Ok(n) if client_alive => client_alive = sink.write(&buf[..n]).await,
-                        Ok(_) => {}
+                        // Once the client is gone this end is dropped, so
+                        // the backend's writes fail (broken pipe) and it
+                        // learns the session is over.
+                        Ok(n) => {
+                            if !sink.write(&buf[..n]).await {
+                                break;
+                            }
+                        }
                     }
                 }
             }));

@@ -15,6 +15,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use super::spdy::{Connection, Headers, Role, SpdyStream};
 use super::*;
 
+/// Set once the fake's `flood` learned its client had gone.
+static FLOOD_ENDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Commands the fake runs, standing in for a container's programs.
 struct Fake;
 
@@ -51,6 +54,13 @@ impl Backend for Fake {
                 Ok(ExitCode(0))
             }
             "exit" => Ok(ExitCode(cmd[1].parse().unwrap_or(1))),
+            "flood" => {
+                // Writes until the client is gone, like `yes`.
+                let out = io.stdout.as_mut().unwrap();
+                while out.write_all(&[b'y'; 4096]).await.is_ok() {}
+                FLOOD_ENDED.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(ExitCode(141))
+            }
             "size" => {
                 let s = io.resize.recv().await.unwrap();
                 let out = io.stdout.as_mut().unwrap();
@@ -1065,4 +1075,28 @@ async fn websocket_pings_are_answered_during_a_session() {
     .await
     .unwrap();
     assert_eq!(pong, b"hb");
+}
+
+#[tokio::test]
+async fn the_backend_learns_that_the_client_left_from_failing_writes() {
+    let s = server().await;
+    let url = s
+        .get_exec(&exec_req(&["flood"], false, true, false, false))
+        .unwrap()
+        .url;
+    let (conn, _) = spdy_connect(&url, "v4.channel.k8s.io").await;
+    let open = |t: &'static str| conn.open_stream(Headers::new().with("streamType", t));
+    let _e = open("error").await.unwrap();
+    let mut o = open("stdout").await.unwrap();
+    let first = o.reader.recv().await.unwrap();
+    assert_eq!(first[0], b'y');
+    conn.abort();
+    drop(o);
+    tokio::time::timeout(TIMEOUT, async {
+        while !FLOOD_ENDED.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
 }
