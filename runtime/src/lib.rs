@@ -16,4 +16,5 @@ pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;
 pub mod state;
+pub mod stream;
 pub mod syscall;
