@@ -116,6 +116,7 @@ async fn serve(args: Args) -> Result<()> {
         state: args.state.clone(),
     };
     let root = args.root.clone();
+    let stream_config = config.stream.clone();
     let daemon = tokio::task::spawn_blocking(move || {
         Daemon::open(&config, Arc::clone(&store), paths, exe).map(|d| (d, store))
     })
@@ -124,14 +125,28 @@ async fn serve(args: Args) -> Result<()> {
     .map_err(anyhow::Error::msg)
     .with_context(|| format!("recovering state from {}", root.display()))?;
     let (daemon, store) = daemon;
+    let addr = format!("{}:{}", stream_config.address, stream_config.port);
+    let stream = berth_runtime::stream::StreamServer::start(
+        berth_runtime::stream::StreamConfig {
+            addr: addr
+                .parse()
+                .with_context(|| format!("[stream] address {addr:?} is not an IP address and port"))?,
+            ..Default::default()
+        },
+        Arc::new(berth_runtime::cri::streaming::StreamBackend {
+            daemon: Arc::clone(&daemon),
+        }),
+    )
+    .await
+    .context("starting the streaming server")?;
+    tracing::info!(url = %stream.base_url(), "streaming server listening");
+    let stream = Arc::new(stream);
     let listener = bind(&args.socket).await?;
     tracing::info!(socket = %args.socket.display(), root = %args.root.display(), "serving the CRI");
 
     let result = tonic::transport::Server::builder()
         .add_service(berth_proto::image_service_server(ImageServer::new(store)))
-        .add_service(berth_proto::runtime_service_server(RuntimeServer::new(
-            daemon,
-        )))
+        .add_service(berth_proto::runtime_service_server(RuntimeServer::new(daemon, Arc::clone(&stream))))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal()?)
         .await
         .context("serving the CRI");

@@ -21,6 +21,7 @@ mod pod;
 pub mod records;
 pub mod spec;
 mod stats;
+pub mod streaming;
 mod status;
 pub mod user;
 mod version;
@@ -66,11 +67,28 @@ impl ImageServer {
 #[derive(Clone)]
 pub struct RuntimeServer {
     daemon: Arc<Daemon>,
+    stream: Arc<crate::stream::StreamServer>,
 }
 
 impl RuntimeServer {
-    pub fn new(daemon: Arc<Daemon>) -> Self {
-        Self { daemon }
+    pub fn new(daemon: Arc<Daemon>, stream: Arc<crate::stream::StreamServer>) -> Self {
+        Self { daemon, stream }
+    }
+
+    /// Checks that a container exists and runs (exec and attach need it).
+    async fn running(&self, what: &str, id: String) -> Result<(), Status> {
+        self.blocking(what, move |d| {
+            let shared = d.container(&id)?;
+            let cid = daemon::lock(&shared).id.clone();
+            match d.engine.state(&cid) {
+                Ok(s) if s.status == crate::state::Status::Running => Ok(()),
+                _ => Err(Status::failed_precondition(format!(
+                    "container {cid} is not running"
+                ))),
+            }
+        })
+        .await
+        .map(drop)
     }
 
     /// Runs daemon work (files, mounts, netlink, child processes) off the
@@ -351,23 +369,39 @@ impl RuntimeService for RuntimeServer {
 
     async fn exec(
         &self,
-        _request: Request<v1::ExecRequest>,
+        request: Request<v1::ExecRequest>,
     ) -> Result<Response<v1::ExecResponse>, Status> {
-        Err(not_yet("Exec"))
+        let req = request.into_inner();
+        self.running("Exec", req.container_id.clone()).await?;
+        self.stream
+            .get_exec(&req)
+            .map(Response::new)
+            .map_err(|e| Status::new(e.grpc_code(), e.to_string()))
     }
 
     async fn attach(
         &self,
-        _request: Request<v1::AttachRequest>,
+        request: Request<v1::AttachRequest>,
     ) -> Result<Response<v1::AttachResponse>, Status> {
-        Err(not_yet("Attach"))
+        let req = request.into_inner();
+        self.running("Attach", req.container_id.clone()).await?;
+        self.stream
+            .get_attach(&req)
+            .map(Response::new)
+            .map_err(|e| Status::new(e.grpc_code(), e.to_string()))
     }
 
     async fn port_forward(
         &self,
-        _request: Request<v1::PortForwardRequest>,
+        request: Request<v1::PortForwardRequest>,
     ) -> Result<Response<v1::PortForwardResponse>, Status> {
-        Err(not_yet("PortForward"))
+        let req = request.into_inner();
+        let id = req.pod_sandbox_id.clone();
+        self.blocking("PortForward", move |d| d.sandbox(&id).map(drop)).await?;
+        self.stream
+            .get_port_forward(&req)
+            .map(Response::new)
+            .map_err(|e| Status::new(e.grpc_code(), e.to_string()))
     }
 
     async fn container_stats(

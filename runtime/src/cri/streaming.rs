@@ -1,0 +1,260 @@
+//! The CRI daemon's side of the streaming server: exec through `berth oci
+//! exec` (pipes, or a pty handed over on a console socket for a tty),
+//! port forwarding by connecting inside the pod's network namespace.
+//!
+//! Attach needs the container monitor to hold the container's stdio for
+//! later clients; until it does, Attach answers with a clear error.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::daemon::{Daemon, lock};
+use crate::state::Status as EngineStatus;
+use crate::stream::{Backend, BackendError, ExitCode, PortStream, StreamIo, TerminalSize};
+
+pub struct StreamBackend {
+    pub daemon: Arc<Daemon>,
+}
+
+fn other(msg: impl Into<String>) -> BackendError {
+    BackendError::Other(msg.into().into())
+}
+
+fn io_err(context: &str) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
+    move |source| BackendError::Io {
+        context: context.to_string(),
+        source,
+    }
+}
+
+/// The exit code a shell would report.
+fn code_of(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(255)
+}
+
+impl StreamBackend {
+    /// The full ID of a running container.
+    fn running(&self, id: &str) -> Result<String, BackendError> {
+        let d = &self.daemon;
+        let shared = d
+            .container(id)
+            .map_err(|_| BackendError::ContainerNotFound(id.to_string()))?;
+        let cid = lock(&shared).id.clone();
+        match d.engine.state(&cid) {
+            Ok(s) if s.status == EngineStatus::Running => Ok(cid),
+            _ => Err(BackendError::ContainerNotRunning(cid)),
+        }
+    }
+
+    async fn exec_pipes(&self, cid: &str, cmd: &[String], io: StreamIo) -> Result<ExitCode, BackendError> {
+        let mut c = tokio::process::Command::from(self.daemon.oci());
+        c.arg("exec").arg(cid).args(cmd);
+        c.stdin(if io.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(if io.stdout.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stderr(if io.stderr.is_some() { Stdio::piped() } else { Stdio::null() })
+            .kill_on_drop(true);
+        let mut child = c.spawn().map_err(io_err("running berth oci exec"))?;
+        let stdin_task = match (io.stdin, child.stdin.take()) {
+            (Some(mut from), Some(mut to)) => Some(tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+                let _ = to.shutdown().await;
+            })),
+            _ => None,
+        };
+        let out = async {
+            if let (Some(mut to), Some(mut from)) = (io.stdout, child.stdout.take()) {
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+                let _ = to.flush().await;
+            }
+        };
+        let err = async {
+            if let (Some(mut to), Some(mut from)) = (io.stderr, child.stderr.take()) {
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+                let _ = to.flush().await;
+            }
+        };
+        tokio::join!(out, err);
+        let status = child.wait().await.map_err(io_err("waiting for exec"))?;
+        if let Some(t) = stdin_task {
+            t.abort();
+        }
+        Ok(ExitCode(code_of(status)))
+    }
+
+    async fn exec_tty(&self, cid: &str, cmd: &[String], mut io: StreamIo) -> Result<ExitCode, BackendError> {
+        let dir = tempfile::Builder::new()
+            .prefix("tty-")
+            .tempdir_in(&self.daemon.paths.state)
+            .map_err(io_err("a scratch dir for the console socket"))?;
+        let sock_path = dir.path().join("console.sock");
+        let listener = tokio::net::UnixListener::bind(&sock_path).map_err(io_err("binding the console socket"))?;
+        let mut c = tokio::process::Command::from(self.daemon.oci());
+        c.arg("exec")
+            .arg("--tty")
+            .arg("--console-socket")
+            .arg(&sock_path)
+            .arg(cid)
+            .args(cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = c.spawn().map_err(io_err("running berth oci exec"))?;
+        let conn = tokio::select! {
+            a = listener.accept() => a.map_err(io_err("accepting the console socket"))?.0,
+            s = child.wait() => {
+                let mut text = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut text).await;
+                }
+                return Err(other(format!("exec failed before its terminal was ready ({:?}): {}", s.ok(), text.trim())));
+            }
+        };
+        let std_conn = conn.into_std().map_err(io_err("console socket"))?;
+        std_conn.set_nonblocking(false).map_err(io_err("console socket"))?;
+        let master = tokio::task::spawn_blocking(move || receive_fd(&std_conn))
+            .await
+            .map_err(|e| other(e.to_string()))??;
+        let resize_fd = master.try_clone().map_err(io_err("the pty master"))?;
+        let reader = std::fs::File::from(master.try_clone().map_err(io_err("the pty master"))?);
+        let writer = std::fs::File::from(master);
+        let mut reader = tokio::fs::File::from_std(reader);
+        let mut writer = tokio::fs::File::from_std(writer);
+        let resize_task = tokio::spawn(async move {
+            while let Some(size) = io.resize.recv().await {
+                set_size(&resize_fd, size);
+            }
+        });
+        let stdin_task = io.stdin.take().map(|mut from| {
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from, &mut writer).await;
+            })
+        });
+        if let Some(mut to) = io.stdout.take() {
+            // The master reads EIO once the last process on the pty exits.
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        let _ = to.flush().await;
+                    }
+                }
+            }
+        }
+        let status = child.wait().await.map_err(io_err("waiting for exec"))?;
+        resize_task.abort();
+        if let Some(t) = stdin_task {
+            t.abort();
+        }
+        Ok(ExitCode(code_of(status)))
+    }
+}
+
+/// Receives the pty master that `berth oci exec --console-socket` sends.
+fn receive_fd(conn: &std::os::unix::net::UnixStream) -> Result<OwnedFd, BackendError> {
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(|e| other(format!("receiving the pty: {e}")))?;
+    for c in msg.cmsgs().map_err(|e| other(format!("receiving the pty: {e}")))? {
+        if let ControlMessageOwned::ScmRights(fds) = c
+            && let Some(fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this descriptor for us; no
+            // one else owns it.
+            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+        }
+    }
+    Err(other("the console socket carried no pty"))
+}
+
+fn set_size(master: &OwnedFd, size: TerminalSize) {
+    let ws = libc::winsize {
+        ws_row: size.height,
+        ws_col: size.width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which is valid.
+    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+}
+
+/// Connects to `port` on the pod's loopback, from a thread inside the
+/// pod's network namespace; the socket stays in that namespace.
+fn connect_in(netns: &Path, port: u16) -> Result<std::net::TcpStream, BackendError> {
+    let netns = netns.to_path_buf();
+    std::thread::Builder::new()
+        .name("berth-portfwd".into())
+        .spawn(move || -> Result<std::net::TcpStream, BackendError> {
+            let f = std::fs::File::open(&netns).map_err(io_err("opening the pod's network namespace"))?;
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| other(format!("entering the pod's network namespace: {e}")))?;
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .or_else(|_| std::net::TcpStream::connect(("::1", port)))
+                .map_err(|source| BackendError::Io {
+                    context: format!("connecting to port {port} in the pod"),
+                    source,
+                })
+        })
+        .map_err(io_err("starting the port-forward thread"))?
+        .join()
+        .map_err(|_| other("the port-forward thread panicked"))?
+}
+
+#[async_trait]
+impl Backend for StreamBackend {
+    async fn exec(&self, container_id: &str, cmd: &[String], io: StreamIo) -> Result<ExitCode, BackendError> {
+        let cid = self.running(container_id)?;
+        if io.tty {
+            self.exec_tty(&cid, cmd, io).await
+        } else {
+            self.exec_pipes(&cid, cmd, io).await
+        }
+    }
+
+    async fn attach(&self, container_id: &str, _io: StreamIo) -> Result<(), BackendError> {
+        let cid = self.running(container_id)?;
+        Err(other(format!(
+            "attach to container {cid}: berth's monitor does not keep stdio for attach yet"
+        )))
+    }
+
+    async fn port_forward(&self, pod_sandbox_id: &str, port: u16, mut stream: PortStream) -> Result<(), BackendError> {
+        let shared = self
+            .daemon
+            .sandbox(pod_sandbox_id)
+            .map_err(|_| BackendError::SandboxNotFound(pod_sandbox_id.to_string()))?;
+        let netns = lock(&shared).namespaces.net.clone();
+        let tcp = match netns {
+            Some(ns) => tokio::task::spawn_blocking(move || connect_in(&ns, port))
+                .await
+                .map_err(|e| other(e.to_string()))??,
+            // A host-network pod: its ports are the node's.
+            None => std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|source| BackendError::Io {
+                context: format!("connecting to port {port} on the node"),
+                source,
+            })?,
+        };
+        tcp.set_nonblocking(true).map_err(io_err("port-forward socket"))?;
+        let mut tcp = tokio::net::TcpStream::from_std(tcp).map_err(io_err("port-forward socket"))?;
+        tokio::io::copy_bidirectional(&mut stream, &mut tcp)
+            .await
+            .map(drop)
+            .map_err(io_err("forwarding"))
+    }
+}
