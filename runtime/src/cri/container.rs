@@ -352,9 +352,13 @@ impl Daemon {
             .map_err(|e| Status::internal(e.to_string()))?;
         let mut cmd = self.oci();
         cmd.arg("create").arg("--bundle").arg(&bundle);
-        if let Some(log) = &r.log_path {
-            cmd.arg("--cri-log").arg(log);
-        }
+        // Without a log path the output is dropped, as containerd does; the
+        // container must not inherit this daemon's descriptors.
+        let log = r
+            .log_path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/dev/null"));
+        cmd.arg("--cri-log").arg(log);
         cmd.arg(&r.id);
         run(cmd, "creating the container").map_err(Status::unknown)
     }
@@ -540,7 +544,9 @@ impl Daemon {
         verbose: bool,
     ) -> Result<v1::ContainerStatusResponse, Status> {
         let shared = self.container(id)?;
-        let r = lock(&shared).clone();
+        let r = self
+            .peek_container(&shared)
+            .ok_or_else(|| Status::not_found(format!("container {id:?} not found")))?;
         let config = decode(&r);
         let (state, snap) = self.state_of(&r);
         let started_file = self
@@ -660,7 +666,7 @@ impl Daemon {
     pub fn list_containers(&self, filter: Option<v1::ContainerFilter>) -> Vec<v1::Container> {
         let mut out = Vec::new();
         for c in self.all_containers() {
-            let r = lock(&c).clone();
+            let Some(r) = self.peek_container(&c) else { continue };
             let config = decode(&r);
             let (state, _) = self.state_of(&r);
             if let Some(f) = &filter {

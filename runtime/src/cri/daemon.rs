@@ -187,11 +187,51 @@ impl Daemon {
         lock(&self.containers).values().cloned().collect()
     }
 
+    /// A copy of a sandbox's record without waiting for an operation in
+    /// progress on it (which may take long, e.g. a CNI plugin): then the
+    /// record as last written to disk. Status and list calls use it.
+    pub fn peek_sandbox(&self, shared: &Shared<SandboxRecord>) -> Option<SandboxRecord> {
+        match shared.try_lock() {
+            Ok(r) => Some(r.clone()),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner().clone()),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let id = self
+                    .sandboxes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .find(|(_, v)| Arc::ptr_eq(v, shared))
+                    .map(|(k, _)| k.clone())?;
+                self.records.read_sandbox(&id)
+            }
+        }
+    }
+
+    pub fn peek_container(&self, shared: &Shared<ContainerRecord>) -> Option<ContainerRecord> {
+        match shared.try_lock() {
+            Ok(r) => Some(r.clone()),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner().clone()),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let id = self
+                    .containers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .find(|(_, v)| Arc::ptr_eq(v, shared))
+                    .map(|(k, _)| k.clone())?;
+                self.records.read_container(&id)
+            }
+        }
+    }
+
     /// Containers of one pod.
     pub fn containers_of(&self, sandbox_id: &str) -> Vec<Shared<ContainerRecord>> {
         self.all_containers()
             .into_iter()
-            .filter(|c| lock(c).sandbox_id == sandbox_id)
+            .filter(|c| {
+                self.peek_container(c)
+                    .is_some_and(|r| r.sandbox_id == sandbox_id)
+            })
             .collect()
     }
 
@@ -231,21 +271,33 @@ fn find<T>(map: &HashMap<String, Shared<T>>, id: &str, what: &str) -> Result<Sha
 }
 
 /// Runs a `berth oci` command, turning a failure into its stderr.
+///
+/// Its stderr goes to an unlinked file, not a pipe: a process it leaves
+/// behind (a container's init waiting to be started) may hold the
+/// descriptor, and a pipe would then never reach end of file.
 pub fn run(mut cmd: Command, what: &str) -> Result<(), String> {
-    let out = cmd
+    let mut errfile = tempfile::tempfile().map_err(|e| format!("{what}: a file for the engine's errors: {e}"))?;
+    let errclone = errfile
+        .try_clone()
+        .map_err(|e| format!("{what}: a file for the engine's errors: {e}"))?;
+    let status = cmd
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
+        .stderr(Stdio::from(errclone))
+        .status()
         .map_err(|e| format!("{what}: running the engine: {e}"))?;
-    if out.status.success() {
+    if status.success() {
         return Ok(());
     }
-    let text = String::from_utf8_lossy(&out.stderr);
+    let mut text = String::new();
+    use std::io::{Read, Seek};
+    let _ = errfile.seek(std::io::SeekFrom::Start(0));
+    let _ = errfile.take(64 * 1024).read_to_string(&mut text);
+    let out_status = status;
     let text = text.trim();
     Err(format!(
         "{what}: {}",
         if text.is_empty() {
-            format!("the engine exited with {}", out.status)
+            format!("the engine exited with {out_status}")
         } else {
             text.strip_prefix("berth-oci: ").unwrap_or(text).to_string()
         }

@@ -118,9 +118,8 @@ pub fn watch(daemon: &Arc<Daemon>) {
                 }
                 let mut seen = HashMap::new();
                 for c in d.all_containers() {
-                    let (id, sandbox) = {
-                        let r = lock(&c);
-                        (r.id.clone(), r.sandbox_id.clone())
+                    let Some((id, sandbox)) = d.peek_container(&c).map(|r| (r.id, r.sandbox_id)) else {
+                        continue;
                     };
                     let Ok(snap) = d.engine.state(&id) else {
                         continue;

@@ -175,21 +175,18 @@ impl Daemon {
                 "user namespaces for pods are not supported yet",
             ));
         }
-        let hostname = if host_net {
+        // No hostname asked for: the pod keeps the node's, as with
+        // containerd (its UTS namespace starts as a copy of the host's).
+        let own_hostname = !host_net && !config.hostname.is_empty();
+        let hostname = if own_hostname {
+            config.hostname.clone()
+        } else {
             nix::unistd::gethostname()
                 .ok()
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_default()
-        } else if config.hostname.is_empty() {
-            config
-                .metadata
-                .as_ref()
-                .map(|m| m.name.clone())
-                .unwrap_or_default()
-        } else {
-            config.hostname.clone()
         };
-        if !host_net {
+        if own_hostname {
             files::check_hostname(&hostname)
                 .map_err(|e| Status::invalid_argument(format!("config.hostname: {e}")))?;
         }
@@ -278,7 +275,7 @@ impl Daemon {
             net: !host_net,
             ipc: !host_ipc,
             uts: !host_net,
-            hostname: (!host_net).then(|| hostname.clone()),
+            hostname: own_hostname.then(|| hostname.clone()),
             sysctls,
         };
         let ns_dir = state_dir.join("ns");
@@ -442,7 +439,9 @@ impl Daemon {
         verbose: bool,
     ) -> Result<v1::PodSandboxStatusResponse, Status> {
         let shared = self.sandbox(id)?;
-        let r = lock(&shared).clone();
+        let r = self
+            .peek_sandbox(&shared)
+            .ok_or_else(|| Status::not_found(format!("pod sandbox {id:?} not found")))?;
         let (config, state) = self.sandbox_message(&r);
         let network = (!r.ips.is_empty()).then(|| v1::PodSandboxNetworkStatus {
             ip: r.ips[0].clone(),
@@ -493,7 +492,7 @@ impl Daemon {
             .containers_of(&r.id)
             .into_iter()
             .filter_map(|c| {
-                let cid = lock(&c).id.clone();
+                let cid = self.peek_container(&c)?.id;
                 self.container_status(&cid, false).ok()?.status
             })
             .collect();
@@ -508,7 +507,7 @@ impl Daemon {
     pub fn list_pod_sandbox(&self, filter: Option<v1::PodSandboxFilter>) -> Vec<v1::PodSandbox> {
         let mut out: Vec<v1::PodSandbox> = Vec::new();
         for s in self.all_sandboxes() {
-            let r = lock(&s).clone();
+            let Some(r) = self.peek_sandbox(&s) else { continue };
             if r.state == SandboxState::Creating {
                 continue;
             }

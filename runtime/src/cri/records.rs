@@ -178,6 +178,17 @@ impl Records {
         Ok(state::write_json(&dir.join(CONTAINER_FILE), r)?)
     }
 
+    /// The record as last written.
+    pub fn read_sandbox(&self, id: &str) -> Option<SandboxRecord> {
+        let bytes = std::fs::read(self.pod_dir(id).join(SANDBOX_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn read_container(&self, id: &str) -> Option<ContainerRecord> {
+        let bytes = std::fs::read(self.container_dir(id).join(CONTAINER_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     pub fn remove_sandbox(&self, id: &str) -> Result<(), RecordError> {
         remove_dir(&self.pod_dir(id))
     }

@@ -70,7 +70,9 @@ fn net_dev(pid: i32) -> Vec<v1::NetworkInterfaceUsage> {
 impl Daemon {
     fn stats_of(&self, id: &str) -> Result<Option<(v1::ContainerStats, Option<i32>)>, Status> {
         let shared = self.container(id)?;
-        let r = lock(&shared).clone();
+        let r = self
+            .peek_container(&shared)
+            .ok_or_else(|| Status::not_found(format!("container {id:?} not found")))?;
         let config = decode(&r);
         let now = now_nanos();
         let attributes = Some(v1::ContainerAttributes {
@@ -172,7 +174,7 @@ impl Daemon {
     ) -> Vec<v1::ContainerStats> {
         let mut out = Vec::new();
         for c in self.all_containers() {
-            let r = lock(&c).clone();
+            let Some(r) = self.peek_container(&c) else { continue };
             if let Some(f) = &filter {
                 if !f.id.is_empty() && !r.id.starts_with(&f.id) {
                     continue;
@@ -193,7 +195,9 @@ impl Daemon {
 
     pub fn pod_sandbox_stats(&self, id: &str) -> Result<v1::PodSandboxStats, Status> {
         let shared = self.sandbox(id)?;
-        let r = lock(&shared).clone();
+        let r = self
+            .peek_sandbox(&shared)
+            .ok_or_else(|| Status::not_found(format!("pod sandbox {id:?} not found")))?;
         let config = decode_config(&r);
         let now = now_nanos();
         let mut containers = Vec::new();
@@ -202,7 +206,7 @@ impl Daemon {
         let (mut cpu, mut rate, mut ws, mut usage, mut rss, mut procs) =
             (0u64, None::<u64>, 0u64, 0u64, 0u64, 0u64);
         for c in self.containers_of(&r.id) {
-            let cid = lock(&c).id.clone();
+            let Some(cid) = self.peek_container(&c).map(|r| r.id) else { continue };
             if let Ok(Some((s, p))) = self.stats_of(&cid) {
                 if let Some(cu) = &s.cpu {
                     cpu += cu.usage_core_nano_seconds.as_ref().map_or(0, |v| v.value);
@@ -275,7 +279,7 @@ impl Daemon {
     ) -> Vec<v1::PodSandboxStats> {
         let mut out = Vec::new();
         for s in self.all_sandboxes() {
-            let r = lock(&s).clone();
+            let Some(r) = self.peek_sandbox(&s) else { continue };
             if let Some(f) = &filter {
                 if !f.id.is_empty() && !r.id.starts_with(&f.id) {
                     continue;
