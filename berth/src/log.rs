@@ -105,9 +105,12 @@ pub fn init(log: Option<&Path>, format: Format, debug: bool) {
                 .try_init();
         }
         (None, _) => {
+            // Colour only for a person at a terminal: a runtime reading our
+            // stderr (the CRI daemon, containerd) passes it on as text.
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(env)
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .try_init();
         }
     }

@@ -412,6 +412,16 @@ pub fn prepare(sys: &dyn Syscall, plan: &Plan) -> Result<()> {
         None,
     )
     .map_err(mount_err("setting propagation", Path::new("/")))?;
+    // pivot_root refuses a shared parent of the new root and a shared
+    // parent of the current one. With shared propagation asked for, make
+    // just those two mounts private (not their children, which keep
+    // propagating): the mount holding the rootfs (the image's overlay, when
+    // the rootfs is a mount point; otherwise this fails harmlessly) and "/".
+    if root_prop.contains(MsFlags::MS_SHARED) {
+        let _ = sys.mount(None, plan.rootfs, None, MsFlags::MS_PRIVATE, None);
+        sys.mount(None, Path::new("/"), None, MsFlags::MS_PRIVATE, None)
+            .map_err(mount_err("making / private for pivot_root", Path::new("/")))?;
+    }
     // pivot_root needs the new root to be a mount point whose parent is not shared.
     sys.mount(
         Some(plan.rootfs),

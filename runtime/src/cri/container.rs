@@ -767,12 +767,19 @@ impl Daemon {
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 timed_out = true;
+                // Kill the command and let `berth oci exec`, its parent, reap
+                // it: killed first, the parent would leave it a zombie under
+                // the container's init, which may never reap.
                 if let Some(pid) = std::fs::read_to_string(&pid_file)
                     .ok()
                     .and_then(|t| t.trim().parse::<i32>().ok())
                 {
                     let _ =
                         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                    let grace = Instant::now() + Duration::from_secs(5);
+                    while matches!(child.try_wait(), Ok(None)) && Instant::now() < grace {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
                 }
                 let _ = child.kill();
                 let _ = child.wait();

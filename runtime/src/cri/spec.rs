@@ -123,10 +123,12 @@ pub const DEFAULT_READONLY: &[&str] = &[
 
 const DEFAULT_PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The full capability list the kernel knows, for privileged containers and
-/// "ALL".
+/// Every capability this daemon may hand out (its bounding set), for
+/// privileged containers and "ALL": the kernel may know more than root here
+/// holds (a node without CAP_SYS_RESOURCE), and asking for those fails.
 pub fn all_caps() -> Vec<String> {
-    caps::all()
+    caps::read(None, caps::CapSet::Bounding)
+        .unwrap_or_else(|_| caps::all())
         .into_iter()
         .map(|c| c.to_string())
         .collect::<std::collections::BTreeSet<_>>()
@@ -415,6 +417,14 @@ pub fn identity(
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
         .unwrap_or(&default);
+    // The CRI: a group without a user is an error, not the image's user
+    // with another group.
+    if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
+        return Err(invalid(
+            "linux.security_context.run_as_group",
+            "is set without run_as_user or run_as_username",
+        ));
+    }
     let req = UserRequest {
         image_user: image.user.as_deref().unwrap_or(""),
         run_as_user: sc.run_as_user.as_ref().map(|v| v.value),
