@@ -128,9 +128,9 @@ async fn serve(args: Args) -> Result<()> {
     let addr = format!("{}:{}", stream_config.address, stream_config.port);
     let stream = berth_runtime::stream::StreamServer::start(
         berth_runtime::stream::StreamConfig {
-            addr: addr
-                .parse()
-                .with_context(|| format!("[stream] address {addr:?} is not an IP address and port"))?,
+            addr: addr.parse().with_context(|| {
+                format!("[stream] address {addr:?} is not an IP address and port")
+            })?,
             ..Default::default()
         },
         Arc::new(berth_runtime::cri::streaming::StreamBackend {
@@ -146,7 +146,10 @@ async fn serve(args: Args) -> Result<()> {
 
     let result = tonic::transport::Server::builder()
         .add_service(berth_proto::image_service_server(ImageServer::new(store)))
-        .add_service(berth_proto::runtime_service_server(RuntimeServer::new(daemon, Arc::clone(&stream))))
+        .add_service(berth_proto::runtime_service_server(RuntimeServer::new(
+            daemon,
+            Arc::clone(&stream),
+        )))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal()?)
         .await
         .context("serving the CRI");

@@ -312,6 +312,14 @@ fn a_pod_with_a_container_runs_execs_logs_and_stops() -> Result<()> {
             ensure!(text.contains(" stdout F started\n"), "{text}");
             ensure!(text.contains(" stderr F oops\n"), "{text}");
             ensure!(s.log_path == log.display().to_string(), "{s:?}");
+            // Log rotation: the kubelet moves the file away, the monitor reopens.
+            std::fs::rename(&log, log.with_extension("log.1"))?;
+            c.runtime
+                .reopen_container_log(v1::ReopenContainerLogRequest {
+                    container_id: cid.clone(),
+                })
+                .await?;
+            ensure!(log.exists(), "no new log file after ReopenContainerLog");
 
             // Lists and their filters.
             let all = c
@@ -715,6 +723,192 @@ fn stats_and_container_events() -> Result<()> {
                     ],
                 "{kinds:?}"
             );
+            c.runtime
+                .remove_pod_sandbox(v1::RemovePodSandboxRequest {
+                    pod_sandbox_id: pod,
+                })
+                .await?;
+            Ok(())
+        })
+        .with_context(|| format!("daemon log:\n{}", d.log()))
+}
+
+/// A TCP connection made from inside the node's network namespace, where
+/// the daemon's streaming server listens on loopback.
+fn connect_in(netns: &Path, addr: &str) -> Result<tokio::net::TcpStream> {
+    let netns = netns.to_path_buf();
+    let addr = addr.to_string();
+    let std = std::thread::spawn(move || -> Result<std::net::TcpStream> {
+        let f = std::fs::File::open(&netns)?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        Ok(std::net::TcpStream::connect(&addr)?)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the connect thread panicked"))??;
+    std.set_nonblocking(true)?;
+    Ok(tokio::net::TcpStream::from_std(std)?)
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn websocket(netns: &Path, url: &str, protocol: &str) -> Result<Ws> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let ws_url = url.replacen("http://", "ws://", 1);
+    let host = ws_url
+        .strip_prefix("ws://")
+        .and_then(|r| r.split('/').next())
+        .context("a URL without a host")?
+        .to_string();
+    let mut req = ws_url.as_str().into_client_request()?;
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse()?);
+    let tcp = connect_in(netns, &host)?;
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp).await?;
+    Ok(ws)
+}
+
+/// Every channel's bytes until the server closes.
+async fn drain(ws: &mut Ws) -> Result<HashMap<u8, Vec<u8>>> {
+    use futures::StreamExt;
+    let mut out: HashMap<u8, Vec<u8>> = HashMap::new();
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(20), ws.next()).await? {
+        match msg? {
+            tokio_tungstenite::tungstenite::Message::Binary(b) if !b.is_empty() => {
+                out.entry(b[0]).or_default().extend_from_slice(&b[1..]);
+            }
+            tokio_tungstenite::tungstenite::Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn exec_and_port_forward_through_the_streaming_server() -> Result<()> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let node = node()?;
+    let d = &node.daemon;
+    let ns = node._netns.path();
+    rt()?
+        .block_on(async {
+            let mut c = d.clients().await?;
+            let pc = pod_config(d, "stream");
+            let pod = run_pod(&mut c, &pc).await?;
+            let cid = create(
+                &mut c,
+                &pod,
+                &pc,
+                container_config(
+                    "srv",
+                    &["sh", "-c", "while true; do echo pong | nc -l -p 8080; done"],
+                ),
+            )
+            .await?;
+            c.runtime
+                .start_container(v1::StartContainerRequest {
+                    container_id: cid.clone(),
+                })
+                .await?;
+
+            // Exec over WebSocket (v5.channel.k8s.io): output and a non-zero exit.
+            let url = c
+                .runtime
+                .exec(v1::ExecRequest {
+                    container_id: cid.clone(),
+                    cmd: vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "echo out; echo err >&2; exit 3".into(),
+                    ],
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .url;
+            let mut ws = websocket(&ns, &url, "v5.channel.k8s.io").await?;
+            let got = drain(&mut ws).await?;
+            ensure!(
+                got.get(&1).map(Vec::as_slice) == Some(b"out\n".as_slice()),
+                "{got:?}"
+            );
+            ensure!(
+                got.get(&2).map(Vec::as_slice) == Some(b"err\n".as_slice()),
+                "{got:?}"
+            );
+            let status: serde_json::Value =
+                serde_json::from_slice(got.get(&3).context("no status")?)?;
+            ensure!(status["reason"] == "NonZeroExitCode", "{status}");
+            ensure!(status["details"]["causes"][0]["message"] == "3", "{status}");
+
+            // Exec with stdin: what goes in comes back.
+            let url = c
+                .runtime
+                .exec(v1::ExecRequest {
+                    container_id: cid.clone(),
+                    cmd: vec!["cat".into()],
+                    stdin: true,
+                    stdout: true,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .url;
+            let mut ws = websocket(&ns, &url, "v5.channel.k8s.io").await?;
+            ws.send(Message::Binary(
+                [&[0u8][..], b"via stdin\n"].concat().into(),
+            ))
+            .await?;
+            // v5: close stdin.
+            ws.send(Message::Binary(vec![255u8, 0].into())).await?;
+            let got = drain(&mut ws).await?;
+            ensure!(
+                got.get(&1).map(Vec::as_slice) == Some(b"via stdin\n".as_slice()),
+                "{got:?}"
+            );
+
+            // Port forwarding over WebSocket to the pod's port 8080.
+            let url = c
+                .runtime
+                .port_forward(v1::PortForwardRequest {
+                    pod_sandbox_id: pod.clone(),
+                    port: vec![8080],
+                })
+                .await?
+                .into_inner()
+                .url;
+            let mut ws = websocket(&ns, &format!("{url}?ports=8080"), "v4.channel.k8s.io").await?;
+            ws.send(Message::Binary([&[0u8][..], b"ping\n"].concat().into()))
+                .await?;
+            let mut data = Vec::new();
+            while !data.ends_with(b"pong\n") {
+                let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+                    .await?
+                    .context("the port-forward stream ended")??;
+                if let Message::Binary(b) = msg
+                    && b.first() == Some(&0)
+                {
+                    data.extend_from_slice(&b[1..]);
+                }
+            }
+            // The first frame of the data channel carries the port (little endian).
+            ensure!(data.starts_with(&8080u16.to_le_bytes()), "{data:?}");
+
+            // An Exec for a container that is not there.
+            let e = c
+                .runtime
+                .exec(v1::ExecRequest {
+                    container_id: "nope".into(),
+                    cmd: vec!["true".into()],
+                    stdout: true,
+                    ..Default::default()
+                })
+                .await
+                .err()
+                .context("exec in nothing")?;
+            ensure!(e.code() == Code::NotFound, "{e:?}");
             c.runtime
                 .remove_pod_sandbox(v1::RemovePodSandboxRequest {
                     pod_sandbox_id: pod,

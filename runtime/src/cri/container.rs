@@ -666,7 +666,9 @@ impl Daemon {
     pub fn list_containers(&self, filter: Option<v1::ContainerFilter>) -> Vec<v1::Container> {
         let mut out = Vec::new();
         for c in self.all_containers() {
-            let Some(r) = self.peek_container(&c) else { continue };
+            let Some(r) = self.peek_container(&c) else {
+                continue;
+            };
             let config = decode(&r);
             let (state, _) = self.state_of(&r);
             if let Some(f) = &filter {
@@ -848,6 +850,23 @@ impl Daemon {
             Status::failed_precondition(format!("container {} has no monitor", r.id))
         })?;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(monitor), Signal::SIGUSR1)
-            .map_err(|e| Status::unknown(format!("signalling the monitor: {e}")))
+            .map_err(|e| Status::unknown(format!("signalling the monitor: {e}")))?;
+        // The kubelet moved the file away and expects a new one when this
+        // returns: wait for the monitor to make it.
+        let Some(log) = r.log_path.clone() else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !log.exists() {
+            if Instant::now() >= deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "the monitor of container {} did not reopen {}",
+                    r.id,
+                    log.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
     }
 }

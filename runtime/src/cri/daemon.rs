@@ -276,7 +276,8 @@ fn find<T>(map: &HashMap<String, Shared<T>>, id: &str, what: &str) -> Result<Sha
 /// behind (a container's init waiting to be started) may hold the
 /// descriptor, and a pipe would then never reach end of file.
 pub fn run(mut cmd: Command, what: &str) -> Result<(), String> {
-    let mut errfile = tempfile::tempfile().map_err(|e| format!("{what}: a file for the engine's errors: {e}"))?;
+    let mut errfile =
+        tempfile::tempfile().map_err(|e| format!("{what}: a file for the engine's errors: {e}"))?;
     let errclone = errfile
         .try_clone()
         .map_err(|e| format!("{what}: a file for the engine's errors: {e}"))?;

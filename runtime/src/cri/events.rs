@@ -118,7 +118,8 @@ pub fn watch(daemon: &Arc<Daemon>) {
                 }
                 let mut seen = HashMap::new();
                 for c in d.all_containers() {
-                    let Some((id, sandbox)) = d.peek_container(&c).map(|r| (r.id, r.sandbox_id)) else {
+                    let Some((id, sandbox)) = d.peek_container(&c).map(|r| (r.id, r.sandbox_id))
+                    else {
                         continue;
                     };
                     let Ok(snap) = d.engine.state(&id) else {

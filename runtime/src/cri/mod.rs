@@ -21,8 +21,8 @@ mod pod;
 pub mod records;
 pub mod spec;
 mod stats;
-pub mod streaming;
 mod status;
+pub mod streaming;
 pub mod user;
 mod version;
 
@@ -397,7 +397,8 @@ impl RuntimeService for RuntimeServer {
     ) -> Result<Response<v1::PortForwardResponse>, Status> {
         let req = request.into_inner();
         let id = req.pod_sandbox_id.clone();
-        self.blocking("PortForward", move |d| d.sandbox(&id).map(drop)).await?;
+        self.blocking("PortForward", move |d| d.sandbox(&id).map(drop))
+            .await?;
         self.stream
             .get_port_forward(&req)
             .map(Response::new)

@@ -507,7 +507,9 @@ impl Daemon {
     pub fn list_pod_sandbox(&self, filter: Option<v1::PodSandboxFilter>) -> Vec<v1::PodSandbox> {
         let mut out: Vec<v1::PodSandbox> = Vec::new();
         for s in self.all_sandboxes() {
-            let Some(r) = self.peek_sandbox(&s) else { continue };
+            let Some(r) = self.peek_sandbox(&s) else {
+                continue;
+            };
             if r.state == SandboxState::Creating {
                 continue;
             }

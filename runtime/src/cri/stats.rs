@@ -174,7 +174,9 @@ impl Daemon {
     ) -> Vec<v1::ContainerStats> {
         let mut out = Vec::new();
         for c in self.all_containers() {
-            let Some(r) = self.peek_container(&c) else { continue };
+            let Some(r) = self.peek_container(&c) else {
+                continue;
+            };
             if let Some(f) = &filter {
                 if !f.id.is_empty() && !r.id.starts_with(&f.id) {
                     continue;
@@ -206,7 +208,9 @@ impl Daemon {
         let (mut cpu, mut rate, mut ws, mut usage, mut rss, mut procs) =
             (0u64, None::<u64>, 0u64, 0u64, 0u64, 0u64);
         for c in self.containers_of(&r.id) {
-            let Some(cid) = self.peek_container(&c).map(|r| r.id) else { continue };
+            let Some(cid) = self.peek_container(&c).map(|r| r.id) else {
+                continue;
+            };
             if let Ok(Some((s, p))) = self.stats_of(&cid) {
                 if let Some(cu) = &s.cpu {
                     cpu += cu.usage_core_nano_seconds.as_ref().map_or(0, |v| v.value);
@@ -279,7 +283,9 @@ impl Daemon {
     ) -> Vec<v1::PodSandboxStats> {
         let mut out = Vec::new();
         for s in self.all_sandboxes() {
-            let Some(r) = self.peek_sandbox(&s) else { continue };
+            let Some(r) = self.peek_sandbox(&s) else {
+                continue;
+            };
             if let Some(f) = &filter {
                 if !f.id.is_empty() && !r.id.starts_with(&f.id) {
                     continue;

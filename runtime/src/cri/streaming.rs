@@ -56,13 +56,30 @@ impl StreamBackend {
         }
     }
 
-    async fn exec_pipes(&self, cid: &str, cmd: &[String], io: StreamIo) -> Result<ExitCode, BackendError> {
+    async fn exec_pipes(
+        &self,
+        cid: &str,
+        cmd: &[String],
+        io: StreamIo,
+    ) -> Result<ExitCode, BackendError> {
         let mut c = tokio::process::Command::from(self.daemon.oci());
         c.arg("exec").arg(cid).args(cmd);
-        c.stdin(if io.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(if io.stdout.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stderr(if io.stderr.is_some() { Stdio::piped() } else { Stdio::null() })
-            .kill_on_drop(true);
+        c.stdin(if io.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(if io.stdout.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(if io.stderr.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .kill_on_drop(true);
         let mut child = c.spawn().map_err(io_err("running berth oci exec"))?;
         let stdin_task = match (io.stdin, child.stdin.take()) {
             (Some(mut from), Some(mut to)) => Some(tokio::spawn(async move {
@@ -91,13 +108,19 @@ impl StreamBackend {
         Ok(ExitCode(code_of(status)))
     }
 
-    async fn exec_tty(&self, cid: &str, cmd: &[String], mut io: StreamIo) -> Result<ExitCode, BackendError> {
+    async fn exec_tty(
+        &self,
+        cid: &str,
+        cmd: &[String],
+        mut io: StreamIo,
+    ) -> Result<ExitCode, BackendError> {
         let dir = tempfile::Builder::new()
             .prefix("tty-")
             .tempdir_in(&self.daemon.paths.state)
             .map_err(io_err("a scratch dir for the console socket"))?;
         let sock_path = dir.path().join("console.sock");
-        let listener = tokio::net::UnixListener::bind(&sock_path).map_err(io_err("binding the console socket"))?;
+        let listener = tokio::net::UnixListener::bind(&sock_path)
+            .map_err(io_err("binding the console socket"))?;
         let mut c = tokio::process::Command::from(self.daemon.oci());
         c.arg("exec")
             .arg("--tty")
@@ -121,7 +144,9 @@ impl StreamBackend {
             }
         };
         let std_conn = conn.into_std().map_err(io_err("console socket"))?;
-        std_conn.set_nonblocking(false).map_err(io_err("console socket"))?;
+        std_conn
+            .set_nonblocking(false)
+            .map_err(io_err("console socket"))?;
         let master = tokio::task::spawn_blocking(move || receive_fd(&std_conn))
             .await
             .map_err(|e| other(e.to_string()))??;
@@ -169,9 +194,17 @@ fn receive_fd(conn: &std::os::unix::net::UnixStream) -> Result<OwnedFd, BackendE
     let mut buf = [0u8; 4096];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(|e| other(format!("receiving the pty: {e}")))?;
-    for c in msg.cmsgs().map_err(|e| other(format!("receiving the pty: {e}")))? {
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| other(format!("receiving the pty: {e}")))?;
+    for c in msg
+        .cmsgs()
+        .map_err(|e| other(format!("receiving the pty: {e}")))?
+    {
         if let ControlMessageOwned::ScmRights(fds) = c
             && let Some(fd) = fds.first()
         {
@@ -201,7 +234,8 @@ fn connect_in(netns: &Path, port: u16) -> Result<std::net::TcpStream, BackendErr
     std::thread::Builder::new()
         .name("berth-portfwd".into())
         .spawn(move || -> Result<std::net::TcpStream, BackendError> {
-            let f = std::fs::File::open(&netns).map_err(io_err("opening the pod's network namespace"))?;
+            let f = std::fs::File::open(&netns)
+                .map_err(io_err("opening the pod's network namespace"))?;
             nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(|e| other(format!("entering the pod's network namespace: {e}")))?;
             std::net::TcpStream::connect(("127.0.0.1", port))
@@ -218,7 +252,12 @@ fn connect_in(netns: &Path, port: u16) -> Result<std::net::TcpStream, BackendErr
 
 #[async_trait]
 impl Backend for StreamBackend {
-    async fn exec(&self, container_id: &str, cmd: &[String], io: StreamIo) -> Result<ExitCode, BackendError> {
+    async fn exec(
+        &self,
+        container_id: &str,
+        cmd: &[String],
+        io: StreamIo,
+    ) -> Result<ExitCode, BackendError> {
         let cid = self.running(container_id)?;
         if io.tty {
             self.exec_tty(&cid, cmd, io).await
@@ -234,7 +273,12 @@ impl Backend for StreamBackend {
         )))
     }
 
-    async fn port_forward(&self, pod_sandbox_id: &str, port: u16, mut stream: PortStream) -> Result<(), BackendError> {
+    async fn port_forward(
+        &self,
+        pod_sandbox_id: &str,
+        port: u16,
+        mut stream: PortStream,
+    ) -> Result<(), BackendError> {
         let shared = self
             .daemon
             .sandbox(pod_sandbox_id)
@@ -245,13 +289,17 @@ impl Backend for StreamBackend {
                 .await
                 .map_err(|e| other(e.to_string()))??,
             // A host-network pod: its ports are the node's.
-            None => std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|source| BackendError::Io {
-                context: format!("connecting to port {port} on the node"),
-                source,
+            None => std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|source| {
+                BackendError::Io {
+                    context: format!("connecting to port {port} on the node"),
+                    source,
+                }
             })?,
         };
-        tcp.set_nonblocking(true).map_err(io_err("port-forward socket"))?;
-        let mut tcp = tokio::net::TcpStream::from_std(tcp).map_err(io_err("port-forward socket"))?;
+        tcp.set_nonblocking(true)
+            .map_err(io_err("port-forward socket"))?;
+        let mut tcp =
+            tokio::net::TcpStream::from_std(tcp).map_err(io_err("port-forward socket"))?;
         tokio::io::copy_bidirectional(&mut stream, &mut tcp)
             .await
             .map(drop)
