@@ -227,6 +227,13 @@ struct CreateArgs {
     /// Write the container's stdout and stderr to this file in the CRI log format.
     #[arg(long = "cri-log")]
     cri_log: Option<PathBuf>,
+    /// With --cri-log: a stdin pipe that attach clients write to.
+    #[arg(long = "cri-stdin", requires = "cri_log")]
+    cri_stdin: bool,
+    /// With --cri-stdin: close the container's stdin when the first attach
+    /// client detaches.
+    #[arg(long = "cri-stdin-once", requires = "cri_stdin")]
+    cri_stdin_once: bool,
     id: String,
 }
 
@@ -238,6 +245,8 @@ impl CreateArgs {
             pid_file: self.pid_file.clone(),
             console_socket: self.console_socket.clone(),
             cri_log: self.cri_log.clone(),
+            cri_stdin: self.cri_stdin,
+            cri_stdin_once: self.cri_stdin_once,
             monitor,
             preserve_fds: self.preserve_fds,
         }

@@ -896,6 +896,47 @@ fn exec_and_port_forward_through_the_streaming_server() -> Result<()> {
             // The first frame of the data channel carries the port (little endian).
             ensure!(data.starts_with(&8080u16.to_le_bytes()), "{data:?}");
 
+            // Attach to a shell that reads its commands from stdin (stdin_once:
+            // the end of the client's input ends the shell).
+            let mut cc = container_config("shell", &["sh"]);
+            cc.stdin = true;
+            cc.stdin_once = true;
+            let shell = create(&mut c, &pod, &pc, cc).await?;
+            c.runtime
+                .start_container(v1::StartContainerRequest {
+                    container_id: shell.clone(),
+                })
+                .await?;
+            let url = c
+                .runtime
+                .attach(v1::AttachRequest {
+                    container_id: shell.clone(),
+                    stdin: true,
+                    stdout: true,
+                    stderr: true,
+                    tty: false,
+                })
+                .await?
+                .into_inner()
+                .url;
+            let mut ws = websocket(&ns, &url, "v5.channel.k8s.io").await?;
+            ws.send(Message::Binary(
+                [&[0u8][..], b"echo hello; echo oops >&2\n"].concat().into(),
+            ))
+            .await?;
+            ws.send(Message::Binary(vec![255u8, 0].into())).await?;
+            let got = drain(&mut ws).await?;
+            ensure!(
+                got.get(&1).map(Vec::as_slice) == Some(b"hello\n".as_slice()),
+                "{got:?}"
+            );
+            ensure!(
+                got.get(&2).map(Vec::as_slice) == Some(b"oops\n".as_slice()),
+                "{got:?}"
+            );
+            let s = wait_state(&mut c, &shell, v1::ContainerState::ContainerExited).await?;
+            ensure!(s.exit_code == 0, "{s:?}");
+
             // An Exec for a container that is not there.
             let e = c
                 .runtime

@@ -1,5 +1,6 @@
 //! berth's container runtime: the engine that turns an OCI bundle into a running, supervised container.
 
+pub mod attach;
 pub mod bundle;
 pub mod cgroups;
 pub mod config;

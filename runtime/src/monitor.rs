@@ -28,6 +28,8 @@ pub struct Monitor<'a> {
     pub pipes: Option<(OwnedFd, OwnedFd)>,
     pub log: Option<CriLogWriter>,
     pub cgroup: &'a dyn Cgroup,
+    /// Attach clients (CRI Attach) and the container's stdin.
+    pub attach: Option<crate::attach::AttachServer>,
 }
 
 /// How long output may keep arriving after the init exits (from processes that
@@ -53,6 +55,10 @@ pub fn run(mut m: Monitor) {
         for (fd, _) in &streams {
             fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
         }
+        let attach_fds: Vec<_> = m.attach.as_ref().map(|a| a.poll_fds()).unwrap_or_default();
+        for fd in &attach_fds {
+            fds.push(PollFd::new(*fd, PollFlags::POLLIN));
+        }
         let timeout = if exited.is_some() {
             PollTimeout::from(100u16)
         } else {
@@ -67,6 +73,10 @@ pub fn run(mut m: Monitor) {
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
         drop(fds);
+        drop(attach_fds);
+        if let Some(a) = m.attach.as_mut() {
+            a.on_ready(&ready[1 + streams.len()..]);
+        }
         let mut closed = Vec::new();
         for (i, (fd, stream)) in streams.iter().enumerate() {
             if !ready[i + 1] {
@@ -75,6 +85,9 @@ pub fn run(mut m: Monitor) {
             match nix::unistd::read(fd, &mut buf) {
                 Ok(0) => closed.push(i),
                 Ok(n) => {
+                    if let Some(a) = m.attach.as_mut() {
+                        a.broadcast(*stream, &buf[..n]);
+                    }
                     if let Some(log) = m.log.as_mut()
                         && let Err(e) = log.write(*stream, &buf[..n])
                     {

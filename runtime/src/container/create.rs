@@ -47,6 +47,11 @@ pub struct CreateOptions {
     pub console_socket: Option<PathBuf>,
     /// Container stdout/stderr go here in the CRI log format (needs the monitor).
     pub cri_log: Option<PathBuf>,
+    /// With a CRI log: give the container a stdin pipe that attach clients
+    /// write to (the CRI's `stdin`), closed after the first client detaches
+    /// with `cri_stdin_once`.
+    pub cri_stdin: bool,
+    pub cri_stdin_once: bool,
     pub monitor: MonitorMode,
     pub preserve_fds: i32,
 }
@@ -184,6 +189,7 @@ impl Engine {
             fifo: Some(fifo),
             console,
             stdio: None,
+            stdin: None,
             hierarchies,
             cgroup_path: Path::new("/").join(&self.cgroups.parent).join(&rel),
             seccomp,
@@ -213,7 +219,7 @@ impl Engine {
                 set_subreaper()?;
                 self.spawn_and_record(cfg, cg, record, &dir)?
             }
-            mode => self.create_under_monitor(cfg, cg, record, &dir, mode, o.cri_log.as_deref())?,
+            mode => self.create_under_monitor(cfg, cg, record, &dir, mode, o)?,
         };
         if let Some(p) = &o.pid_file {
             state::write_atomic(p, st.pid.to_string().as_bytes())?;
@@ -251,8 +257,9 @@ impl Engine {
         record: ContainerState,
         dir: &Path,
         mode: MonitorMode,
-        cri_log: Option<&Path>,
+        o: &CreateOptions,
     ) -> Result<ContainerState> {
+        let cri_log = o.cri_log.as_deref();
         let (report_r, report_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
         let log = match cri_log {
@@ -274,6 +281,14 @@ impl Engine {
         } else {
             None
         };
+        let stdin_w = if log.is_some() && o.cri_stdin {
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+            cfg.stdin = Some(r);
+            Some(w)
+        } else {
+            None
+        };
+        let attach = (log.is_some()).then_some((stdin_w, o.cri_stdin_once));
         // SAFETY: the CLI is single-threaded when it creates containers.
         match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
             ForkResult::Child => {
@@ -284,8 +299,9 @@ impl Engine {
                 // SAFETY: still single-threaded.
                 match unsafe { nix::unistd::fork() } {
                     Ok(ForkResult::Child) => {
-                        let code = self
-                            .monitor_main(cfg, cg, record, dir, mode, middle, report_w, pipes, log);
+                        let code = self.monitor_main(
+                            cfg, cg, record, dir, mode, middle, report_w, pipes, log, attach,
+                        );
                         // SAFETY: ends the monitor without unwinding into the CLI's main.
                         unsafe { libc::_exit(code) }
                     }
@@ -297,6 +313,7 @@ impl Engine {
                 drop(report_w);
                 drop(cfg);
                 drop(pipes);
+                drop(attach);
                 let _ = nix::sys::wait::waitpid(child, None);
                 let mut buf = Vec::new();
                 std::fs::File::from(report_r)
@@ -326,6 +343,7 @@ impl Engine {
         report: OwnedFd,
         pipes: Option<(OwnedFd, OwnedFd)>,
         log: Option<crate::crilog::CriLogWriter>,
+        attach: Option<(Option<OwnedFd>, bool)>,
     ) -> i32 {
         let mut report = std::fs::File::from(report);
         let sfd = match super::wait::block_signals() {
@@ -374,6 +392,12 @@ impl Engine {
                 return 1;
             }
         };
+        // Bound before the report, so the socket exists once create returns.
+        let attach_server = attach.and_then(|(stdin, once)| {
+            crate::attach::AttachServer::bind(dir, stdin, once)
+                .map_err(|e| tracing::warn!(id = %st.id, error = %e, "no attach socket"))
+                .ok()
+        });
         let _ =
             report.write_all(&serde_json::to_vec(&Ok::<_, String>(st.clone())).unwrap_or_default());
         drop(report);
@@ -401,6 +425,7 @@ impl Engine {
             pipes,
             log,
             cgroup: cg,
+            attach: attach_server,
         });
         0
     }

@@ -91,6 +91,7 @@ impl Engine {
             fifo: None,
             console,
             stdio: None,
+            stdin: None,
             hierarchies: Vec::new(),
             cgroup_path: PathBuf::new(),
             seccomp,

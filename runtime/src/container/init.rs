@@ -52,8 +52,10 @@ pub struct InitConfig {
     pub rootfs: PathBuf,
     pub fifo: Option<PathBuf>,
     pub console: Option<OwnedFd>,
-    /// Write ends of the monitor's stdout and stderr pipes.
+    /// Write ends of the monitor's stdout and stderr pipes, and the read end
+    /// of its stdin pipe (None: /dev/null).
     pub stdio: Option<(OwnedFd, OwnedFd)>,
+    pub stdin: Option<OwnedFd>,
     pub hierarchies: Vec<Hierarchy>,
     pub cgroup_path: PathBuf,
     pub seccomp: Option<crate::seccomp::Filter>,
@@ -207,11 +209,11 @@ fn stage2_inner(
     if let Some((out, err)) = &cfg.stdio {
         let null =
             std::fs::File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
-        for (from, to) in [
-            (null.as_raw_fd(), 0),
-            (out.as_raw_fd(), 1),
-            (err.as_raw_fd(), 2),
-        ] {
+        let input = cfg
+            .stdin
+            .as_ref()
+            .map_or(null.as_raw_fd(), |i| i.as_raw_fd());
+        for (from, to) in [(input, 0), (out.as_raw_fd(), 1), (err.as_raw_fd(), 2)] {
             // SAFETY: dup2 onto the standard descriptors, which this process owns.
             let r = unsafe { libc::dup2(from, to) };
             nix::errno::Errno::result(r).map_err(|e| format!("dup2 stdio: {e}"))?;

@@ -359,6 +359,12 @@ impl Daemon {
             .clone()
             .unwrap_or_else(|| PathBuf::from("/dev/null"));
         cmd.arg("--cri-log").arg(log);
+        if config.stdin {
+            cmd.arg("--cri-stdin");
+            if config.stdin_once {
+                cmd.arg("--cri-stdin-once");
+            }
+        }
         cmd.arg(&r.id);
         run(cmd, "creating the container").map_err(Status::unknown)
     }

@@ -2,8 +2,8 @@
 //! exec` (pipes, or a pty handed over on a console socket for a tty),
 //! port forwarding by connecting inside the pod's network namespace.
 //!
-//! Attach needs the container monitor to hold the container's stdio for
-//! later clients; until it does, Attach answers with a clear error.
+//! Attach goes through the container monitor's attach socket
+//! ([`crate::attach`]), which holds the container's stdio for late clients.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -266,11 +266,53 @@ impl Backend for StreamBackend {
         }
     }
 
-    async fn attach(&self, container_id: &str, _io: StreamIo) -> Result<(), BackendError> {
+    async fn attach(&self, container_id: &str, io: StreamIo) -> Result<(), BackendError> {
         let cid = self.running(container_id)?;
-        Err(other(format!(
-            "attach to container {cid}: berth's monitor does not keep stdio for attach yet"
-        )))
+        if io.tty {
+            return Err(other(format!(
+                "attach to container {cid}: containers with a terminal are not supported yet"
+            )));
+        }
+        let dir = self.daemon.engine.root.container_dir(&cid);
+        let sock = tokio::task::spawn_blocking(move || crate::attach::connect(&dir))
+            .await
+            .map_err(|e| other(e.to_string()))?
+            .map_err(io_err("connecting to the container's attach socket"))?;
+        sock.set_nonblocking(true)
+            .map_err(io_err("attach socket"))?;
+        let sock = tokio::net::UnixStream::from_std(sock).map_err(io_err("attach socket"))?;
+        let (mut from_monitor, mut to_monitor) = sock.into_split();
+        // Input: the client's stdin into the socket; its end detaches.
+        let input = io.stdin.map(|mut from| {
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from, &mut to_monitor).await;
+                let _ = to_monitor.shutdown().await;
+            })
+        });
+        // Output: the monitor's frames until the container exits.
+        let (mut stdout, mut stderr) = (io.stdout, io.stderr);
+        let mut head = [0u8; 5];
+        while from_monitor.read_exact(&mut head).await.is_ok() {
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let mut data = vec![0u8; len];
+            if from_monitor.read_exact(&mut data).await.is_err() {
+                break;
+            }
+            let target = match head[0] {
+                1 => stdout.as_mut(),
+                2 => stderr.as_mut(),
+                _ => break,
+            };
+            if let Some(t) = target
+                && (t.write_all(&data).await.is_err() || t.flush().await.is_err())
+            {
+                break;
+            }
+        }
+        if let Some(t) = input {
+            t.abort();
+        }
+        Ok(())
     }
 
     async fn port_forward(
