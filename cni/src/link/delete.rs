@@ -10,7 +10,7 @@
 //! and returns at the notification; the thread finishes the request (and
 //! closes the socket) in the background.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -61,18 +61,10 @@ impl Netlink {
             .map_err(LinkError::Socket)?;
         let request = dellink_request(index);
 
-        let (tx, rx) = mpsc::channel();
-        let sender = Arc::clone(&socket);
-        let spawned = std::thread::Builder::new()
-            .name("netlink-del".into())
-            .spawn(move || {
-                // The receiver may be gone (the link left first): nothing to tell.
-                let _ = tx.send(sender.send(&request, 0).err());
-            });
-        if let Err(e) = spawned {
-            tracing::debug!(error = %e, "deleting link #{index} inline");
+        let Some(rx) = send_detached(&socket, request) else {
+            tracing::debug!("deleting link #{index} inline");
             return self.delete_link(index);
-        }
+        };
 
         let deadline = Instant::now() + LIMIT;
         let mut buf = Vec::with_capacity(64 * 1024);
@@ -118,6 +110,31 @@ impl Netlink {
             }
         }
     }
+}
+
+/// Sends `request` on `socket` from a thread of its own or, in a plugin
+/// executable, from a child process (see [`crate::detach`]). The receiver
+/// gets the sender's error, if any (never, from a child: the kernel's
+/// answer on the socket says everything there is). None when neither could
+/// be started.
+fn send_detached(
+    socket: &Arc<Socket>,
+    request: Vec<u8>,
+) -> Option<mpsc::Receiver<Option<std::io::Error>>> {
+    let (tx, rx) = mpsc::channel();
+    if crate::detach::is_executable() {
+        return crate::detach::send_from_child(socket.as_raw_fd(), &request).then_some(rx);
+    }
+    let sender = Arc::clone(socket);
+    std::thread::Builder::new()
+        .name("netlink-del".into())
+        .spawn(move || {
+            // The receiver may be gone (the link left first): nothing to tell.
+            let _ = tx.send(sender.send(&request, 0).err());
+        })
+        .map_err(|e| tracing::debug!(error = %e, "starting a thread for a link deletion"))
+        .ok()
+        .map(|_| rx)
 }
 
 fn dellink_request(index: u32) -> Vec<u8> {
