@@ -27,6 +27,7 @@ pub fn plugin_main(name: &str) -> i32 {
         );
         return 0;
     }
+    crate::detach::set_executable();
     let mut stdin = Vec::new();
     let out = match std::io::stdin().read_to_end(&mut stdin) {
         Err(e) => error_outcome(

@@ -11,9 +11,10 @@
 //! - [`ipam`]: delegation to the IPAM plugin of a config.
 //! - [`link`], [`nft`] (over [`nfnetlink`]), [`netns`]: netlink, nftables
 //!   and namespace helpers the plugins share; [`invoke`]: running plugin
-//!   executables.
+//!   executables; [`detach`]: kernel waits handed off rather than waited for.
 
 pub mod client;
+pub mod detach;
 pub mod exec;
 pub mod invoke;
 pub mod ipam;

@@ -31,6 +31,8 @@ use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
 };
 
+mod delete;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error("opening a netlink socket: {0}")]
@@ -42,6 +44,8 @@ pub enum LinkError {
         op: String,
         source: rtnetlink::Error,
     },
+    #[error("{op}: {source}")]
+    Io { op: String, source: std::io::Error },
     #[error("invalid route to {dst}: {reason}")]
     Route { dst: IpNet, reason: String },
     #[error("sysctl {path}: {source}")]

@@ -954,13 +954,22 @@ impl Drop for Nfnl {
     /// busy node. Nothing needs that wait, so a short-lived thread of its
     /// own does the close.
     fn drop(&mut self) {
-        if let Some(socket) = self.socket.take() {
-            let spawned = std::thread::Builder::new()
-                .name("nfnl-close".into())
-                .spawn(move || drop(socket));
-            if let Err(e) = spawned {
-                tracing::debug!(error = %e, "closing the netfilter socket inline");
+        let Some(mut socket) = self.socket.take() else {
+            return;
+        };
+        // An executable's process would wait for that thread before it
+        // ends: a child process that outlives it does the close instead.
+        if crate::detach::is_executable() {
+            match crate::detach::close_after_exit(socket) {
+                Ok(()) => return,
+                Err(s) => socket = s,
             }
+        }
+        let spawned = std::thread::Builder::new()
+            .name("nfnl-close".into())
+            .spawn(move || drop(socket));
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "closing the netfilter socket inline");
         }
     }
 }

@@ -1078,3 +1078,101 @@ fn gc_removes_the_rules_of_attachments_that_are_gone_and_status_and_gc_reach_ipa
     assert!(w.bridge_ports()?.is_empty());
     Ok(())
 }
+
+/// Whether link `name` exists in `ns`, asked over netlink at once (`ip`
+/// would take long enough for a slow deletion to finish meanwhile).
+fn has_link(ns: &NetNs, name: &str) -> Result<bool> {
+    let name = name.to_string();
+    Ok(berth_cni::netns::run_in(&ns.path(), move || {
+        berth_cni::link::Netlink::open()?.link_by_name(&name)
+    })??
+    .is_some())
+}
+
+/// berth's plugin processes (named after a plugin, running the berth
+/// binary) still alive: children a plugin executable left to finish kernel
+/// work after it ended.
+fn plugin_processes(berth: &Path) -> Result<Vec<u32>> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc")? {
+        let e = e?;
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if berth_cni::plugins::NAMES.contains(&comm.trim())
+            && std::fs::read_link(e.path().join("exe")).is_ok_and(|x| x == berth)
+        {
+            found.push(pid);
+        }
+    }
+    Ok(found)
+}
+
+#[test]
+fn del_returns_with_the_pod_interface_gone_and_its_names_free_at_once() -> Result<()> {
+    // DEL does not wait for the kernel to finish freeing the veth pair, only
+    // for it to leave the namespaces: by then both names must be free, for
+    // the same container again at once and for a pod elsewhere meanwhile.
+    // An executable leaves that wait (and its netfilter socket's) to child
+    // processes, which must hold none of its output open and end soon.
+    let (_bin, exe) = berth_bridge_exe()?;
+    let w = World::new("brdl")?;
+    let conf = w.conf(&["10.94.0.0/24"], json!({"ipMasq": true}));
+    let pod = w.pod("brdla")?;
+    let other = w.pod("brdlb")?;
+    for runner in [Runner::InProcess, Runner::Exec(&exe)] {
+        let call = |cmd, pod: &NetNs, id: &str| -> Result<Value> {
+            w.call(runner, cmd, &conf, Some(&pod.path()), id, "eth0")?
+                .ok()
+        };
+        for _ in 0..5 {
+            let r = CniResult::from_value(&call(Command::Add, &pod, "pod-a")?)?;
+            let host = r.interfaces[1].name.clone();
+            let (del, add) = std::thread::scope(|s| {
+                let del = s.spawn(|| call(Command::Del, &pod, "pod-a"));
+                let add = s.spawn(|| call(Command::Add, &other, "pod-b"));
+                (del.join(), add.join())
+            });
+            del.map_err(|_| anyhow::anyhow!("DEL panicked"))??;
+            ensure!(!has_link(&pod, "eth0")?, "eth0 still in the pod after DEL");
+            ensure!(
+                !has_link(&w.node, &host)?,
+                "host end {host} still on the node after DEL"
+            );
+            let again = CniResult::from_value(&call(Command::Add, &pod, "pod-a")?)?;
+            ensure!(again.interfaces[2].name == "eth0");
+            ensure!(has_link(&pod, "eth0")?, "no eth0 after the second ADD");
+            add.map_err(|_| anyhow::anyhow!("ADD panicked"))??;
+            ensure!(has_link(&other, "eth0")?, "no eth0 in the other pod");
+            call(Command::Del, &pod, "pod-a")?;
+            call(Command::Del, &other, "pod-b")?;
+        }
+    }
+    w.assert_clean()?;
+    let berth = std::fs::canonicalize(&exe)?;
+    wait_until(Duration::from_secs(5), "plugin children to end", || {
+        Ok(plugin_processes(&berth)?.is_empty().then_some(()))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_refused_unwaited_deletion_is_reported() -> Result<()> {
+    use berth_cni::link::Netlink;
+    let ns = NetNs::new("brdr")?;
+    let (lo, missing) = berth_cni::netns::run_in(&ns.path(), || -> Result<_> {
+        let nl = Netlink::open()?;
+        let lo = nl.link_by_name("lo")?.context("no lo")?;
+        // The loopback device cannot be deleted; no link has index 99999.
+        let refused = nl.delete_link_unwaited(lo.index);
+        let missing = nl.delete_link_unwaited(99_999);
+        ensure!(nl.link_by_name("lo")?.is_some(), "lo went away");
+        Ok((refused, missing))
+    })??;
+    let lo = lo.err().context("deleting lo succeeded")?;
+    ensure!(lo.errno() == Some(libc::EOPNOTSUPP), "{lo}");
+    let missing = missing.err().context("deleting a missing link succeeded")?;
+    ensure!(missing.is_not_found(), "{missing}");
+    Ok(())
+}

@@ -686,7 +686,9 @@ pub fn gc(c: &BridgeConf, conf: &NetConf, inv: &Invocation, raw: &Value) -> Resu
 fn delete_pod_iface(ifname: &str) -> Result<(), LinkError> {
     let nl = Netlink::open()?;
     match nl.link_by_name(ifname)? {
-        Some(l) if l.is_kind("veth") => match nl.delete_link(l.index) {
+        // The name is free once the link has left the namespace: the
+        // kernel's freeing of the device needs no waiting for.
+        Some(l) if l.is_kind("veth") => match nl.delete_link_unwaited(l.index) {
             Err(e) if e.is_not_found() => Ok(()),
             other => other,
         },
