@@ -460,6 +460,9 @@ struct Target {
 #[derive(Default)]
 struct Figures {
     seq_start: Vec<Duration>,
+    /// RunPodSandbox, CreateContainer, StartContainer of each sequential
+    /// start.
+    seq_rpcs: Vec<[Duration; 3]>,
     seq_teardown: Vec<Duration>,
     par_start: Vec<Duration>,
     par_teardown: Vec<Duration>,
@@ -554,8 +557,9 @@ impl Target {
         }
     }
 
-    /// RunPodSandbox + CreateContainer + StartContainer, timed together.
-    async fn start(&self, name: &str) -> Result<(Pod, Duration)> {
+    /// RunPodSandbox + CreateContainer + StartContainer, timed together and
+    /// each.
+    async fn start(&self, name: &str) -> Result<(Pod, Duration, [Duration; 3])> {
         let mut rt = self.runtime.clone();
         let config = self.pod_config(name);
         let t0 = Instant::now();
@@ -568,6 +572,7 @@ impl Target {
             .with_context(|| format!("{} RunPodSandbox {name}", self.name))?
             .into_inner()
             .pod_sandbox_id;
+        let t1 = Instant::now();
         let ctr = rt
             .create_container(v1::CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
@@ -578,12 +583,14 @@ impl Target {
             .with_context(|| format!("{} CreateContainer in {name}", self.name))?
             .into_inner()
             .container_id;
+        let t2 = Instant::now();
         rt.start_container(v1::StartContainerRequest {
             container_id: ctr.clone(),
         })
         .await
         .with_context(|| format!("{} StartContainer in {name}", self.name))?;
-        Ok((Pod { pod, ctr }, t0.elapsed()))
+        let t3 = Instant::now();
+        Ok((Pod { pod, ctr }, t3 - t0, [t1 - t0, t2 - t1, t3 - t2]))
     }
 
     /// StopContainer (no grace: `sleep` as pid 1 ignores SIGTERM, so any
@@ -751,7 +758,7 @@ impl Target {
         let mut result = Ok(());
         for i in 0..pods {
             match self.start(&format!("mem-{i}")).await {
-                Ok((p, _)) => running.push(p),
+                Ok((p, ..)) => running.push(p),
                 Err(e) => {
                     result = Err(e);
                     break;
@@ -824,10 +831,11 @@ fn rollup(pid: i32) -> Option<(u64, u64)> {
 async fn sequential(targets: &[Target], figs: &mut [Figures], n: usize) -> Result<()> {
     for i in 0..=n {
         for (t, f) in targets.iter().zip(figs.iter_mut()) {
-            let (pod, start) = t.start(&format!("seq-{i}")).await?;
+            let (pod, start, rpcs) = t.start(&format!("seq-{i}")).await?;
             let down = t.teardown(&pod).await?;
             if i > 0 {
                 f.seq_start.push(start);
+                f.seq_rpcs.push(rpcs);
                 f.seq_teardown.push(down);
             }
         }
@@ -848,7 +856,7 @@ async fn concurrent(targets: &[Target], figs: &mut [Figures], n: usize) -> Resul
             let mut first = None;
             for s in starts {
                 match s {
-                    Ok((p, d)) => {
+                    Ok((p, d, _)) => {
                         pods.push(p);
                         if round > 0 {
                             f.par_start.push(d);
@@ -874,7 +882,7 @@ async fn concurrent(targets: &[Target], figs: &mut [Figures], n: usize) -> Resul
 }
 
 impl Target {
-    async fn start_owned(&self, name: String) -> Result<(Pod, Duration)> {
+    async fn start_owned(&self, name: String) -> Result<(Pod, Duration, [Duration; 3])> {
         self.start(&name).await
     }
 }
@@ -919,13 +927,25 @@ fn print(figs: &[Figures], args: &Args, load: (&str, &str)) {
         ("start, 10 at a time", |f| &f.par_start),
         ("teardown, 10 at a time", |f| &f.par_teardown),
     ];
-    for (label, get) in samples {
+    for (i, (label, get)) in samples.into_iter().enumerate() {
         for p in [50.0, 99.0] {
             row(
                 &format!("{label} p{p} ms"),
                 ms(percentile(get(&figs[0]), p)),
                 ms(percentile(get(&figs[1]), p)),
             );
+        }
+        if i == 0 {
+            for (k, rpc) in ["RunPodSandbox", "CreateContainer", "StartContainer"]
+                .iter()
+                .enumerate()
+            {
+                let p50 = |f: &Figures| {
+                    let v: Vec<Duration> = f.seq_rpcs.iter().map(|r| r[k]).collect();
+                    ms(percentile(&v, 50.0))
+                };
+                row(&format!("  {rpc} p50 ms"), p50(&figs[0]), p50(&figs[1]));
+            }
         }
     }
     let (Some(mb), Some(mc)) = (&figs[0].mem, &figs[1].mem) else {
