@@ -337,8 +337,7 @@ disabled_plugins = [
 
     fn log(&self) -> String {
         let log = std::fs::read_to_string(self.dir.join("containerd.stderr")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(30).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        tail(&log, 30)
     }
 
     /// SIGTERM to the daemon; SIGKILL to its shims and whatever is left in
@@ -387,6 +386,12 @@ impl Drop for ContainerdCri {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn kill_and_remove_cgroup(dir: &Path) {
@@ -1069,8 +1074,13 @@ fn main() -> Result<()> {
     let result = result.map_err(|e| {
         if !ctrd.alive() {
             e.context(format!("containerd exited; its log:\n{}", ctrd.log()))
-        } else if e.chain().any(|c| c.to_string().contains("containerd")) {
+        } else if e.chain().any(|c| c.to_string().starts_with("containerd ")) {
             e.context(format!("containerd log (last lines):\n{}", ctrd.log()))
+        } else if e.chain().any(|c| c.to_string().starts_with("berth ")) {
+            e.context(format!(
+                "berth runtime log (last lines):\n{}",
+                tail(&berth.log(), 30)
+            ))
         } else {
             e
         }
