@@ -38,6 +38,12 @@ pub struct Options {
     /// Leave a stale socket file where the daemon will serve, as a crashed
     /// daemon leaves it: the daemon must replace it.
     pub stale_socket: bool,
+    /// The berth executable; None: the debug build the harness makes.
+    /// Benchmarks pass the release build.
+    pub berth: Option<PathBuf>,
+    /// Leave out `--debug`: debug logging would be part of what a benchmark
+    /// times.
+    pub quiet: bool,
 }
 
 pub struct CriDaemon {
@@ -46,6 +52,8 @@ pub struct CriDaemon {
     netns: Option<PathBuf>,
     bin_dirs: Vec<PathBuf>,
     cgroup_root: String,
+    berth: PathBuf,
+    quiet: bool,
 }
 
 impl CriDaemon {
@@ -86,6 +94,11 @@ impl CriDaemon {
             netns: opts.netns.clone(),
             bin_dirs,
             cgroup_root: format!("berth-it-{}", unique_id("cri")),
+            berth: match opts.berth {
+                Some(b) => b,
+                None => berth_binary()?.to_path_buf(),
+            },
+            quiet: opts.quiet,
         };
         d.spawn()?;
         Ok(d)
@@ -102,10 +115,10 @@ impl CriDaemon {
                 let mut c = Command::new("nsenter");
                 c.arg(format!("--net={}", ns.display()))
                     .arg("--")
-                    .arg(berth_binary()?);
+                    .arg(&self.berth);
                 c
             }
-            None => Command::new(berth_binary()?),
+            None => Command::new(&self.berth),
         };
         let bin_dirs = std::env::join_paths(&self.bin_dirs)?;
         cmd.arg("runtime")
@@ -125,7 +138,7 @@ impl CriDaemon {
             .arg(self.path("cni/cache"))
             .arg("--cgroup-root")
             .arg(&self.cgroup_root)
-            .arg("--debug")
+            .args((!self.quiet).then_some("--debug"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -189,7 +202,7 @@ impl CriDaemon {
     pub fn import(&self, refs: &[(&str, &dyn Artifact)]) -> Result<()> {
         let archive = self.path(&format!("{}.tar", unique_id("images")));
         write_oci_archive(&archive, refs)?;
-        let out = Command::new(berth_binary()?)
+        let out = Command::new(&self.berth)
             .arg("image")
             .arg("--root")
             .arg(self.root())

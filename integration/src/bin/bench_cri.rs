@@ -1,0 +1,1152 @@
+//! Benchmark: pods over the CRI, `berth runtime` against Debian's containerd
+//! 1.6 (CRI plugin, runc) in one run.
+//!
+//! cargo build --release -p berth -p berth-integration && \
+//! target/release/bench_cri [--n 100] [--pods 20] [--berth PATH]
+//!
+//! Each daemon runs in a "node" network namespace of its own with the same
+//! CNI chain (bridge + host-local + portmap + loopback: berth's plugins,
+//! in-process for berth, as executables from `berth cni install` for
+//! containerd) and pulls from one local registry. The runtimes alternate
+//! iteration by iteration (round by round when 10 pods start at a time), so
+//! load from elsewhere on the machine falls on both alike. See
+//! bench/README.md.
+
+use std::collections::{HashMap, HashSet};
+use std::io::ErrorKind;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use berth_integration::bench::{default_berth, percentile};
+use berth_integration::cri::{CriDaemon, Options};
+use berth_integration::exec::{Spawned, spawn_daemon};
+use berth_integration::images;
+use berth_integration::netns::NetNs;
+use berth_integration::oci::{Format, Image, ImageConfig};
+use berth_integration::proc;
+use berth_integration::registry::Registry;
+use berth_integration::runtime::which;
+use berth_integration::workdir::{mounts_below, remove_tree_if_unmounted, tempdir};
+use berth_proto::v1;
+use berth_proto::v1::image_service_client::ImageServiceClient;
+use berth_proto::v1::runtime_service_client::RuntimeServiceClient;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// How many pods start at once in the concurrent phase.
+const WORKERS: usize = 10;
+/// The container's command; its processes are the workload, not the
+/// runtime's cost, and are left out of the memory figures by this cmdline.
+const WORKLOAD: [&str; 2] = ["sleep", "86400"];
+/// containerd needs a sandbox image; a long sleep in busybox plays pause.
+const PAUSE_ENTRYPOINT: [&str; 2] = ["/bin/sleep", "2147483647"];
+const CONTAINERD: &str = "/usr/bin/containerd";
+const RUNC: &str = "/usr/sbin/runc";
+const RUN_DIR: &str = "/run/containerd";
+const MIB: f64 = 1024.0;
+
+struct Args {
+    n: usize,
+    pods: usize,
+    berth: PathBuf,
+    /// Lists the processes counted in the memory figures.
+    show_processes: bool,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut n = 100;
+    let mut pods = 20;
+    let mut berth = None;
+    let mut show_processes = false;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--n" => n = it.next().context("--n N")?.parse()?,
+            "--pods" => pods = it.next().context("--pods P")?.parse()?,
+            "--berth" => berth = Some(PathBuf::from(it.next().context("--berth PATH")?)),
+            "--show-processes" => show_processes = true,
+            _ => bail!(
+                "usage: bench_cri [--n N (a multiple of {WORKERS})] [--pods P] [--berth PATH] [--show-processes]"
+            ),
+        }
+    }
+    ensure!(
+        n >= WORKERS && n % WORKERS == 0,
+        "--n must be a multiple of {WORKERS} (the concurrent phase starts {WORKERS} pods at a time)"
+    );
+    ensure!(pods >= 1, "--pods must be at least 1");
+    let berth = match berth {
+        Some(b) => b,
+        None => default_berth()?,
+    };
+    ensure!(
+        berth.is_file(),
+        "{} not found: cargo build --release -p berth",
+        berth.display()
+    );
+    // containerd runs berth's plugins through symlinks; an absolute target
+    // keeps them valid from any directory.
+    let berth = std::fs::canonicalize(&berth)?;
+    Ok(Args {
+        n,
+        pods,
+        berth,
+        show_processes,
+    })
+}
+
+fn conflist(ipam_dir: &Path) -> serde_json::Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "berth-bench-cri",
+        "plugins": [
+            {
+                "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+                "ipam": {
+                    "type": "host-local", "dataDir": ipam_dir,
+                    "ranges": [[{"subnet": "10.89.0.0/16"}]],
+                    "routes": [{"dst": "0.0.0.0/0"}]
+                }
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+            {"type": "loopback"}
+        ]
+    })
+}
+
+/// Makes the registry, which listens on the host's loopback, reachable at
+/// 127.0.0.1:`port` inside a node namespace: the daemons pull from inside
+/// their namespaces, whose loopback is their own. The listening socket is
+/// made inside the namespace; connections to the registry are made from
+/// threads that stay outside.
+struct Forwarder {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Forwarder {
+    fn start(ns: &NetNs, port: u16, upstream: SocketAddr) -> Result<Forwarder> {
+        let listener =
+            berth_cni::netns::run_in(&ns.path(), move || TcpListener::bind(("127.0.0.1", port)))??;
+        // Polled, so that the thread notices `stop`.
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        if client.set_nonblocking(false).is_ok() {
+                            std::thread::spawn(move || relay(client, upstream));
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Ok(Forwarder {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn port(ns: &NetNs) -> Result<u16> {
+        let l = berth_cni::netns::run_in(&ns.path(), || TcpListener::bind("127.0.0.1:0"))??;
+        Ok(l.local_addr()?.port())
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn relay(client: TcpStream, upstream: SocketAddr) {
+    let Ok(server) = TcpStream::connect(upstream) else {
+        return;
+    };
+    let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    let up = std::thread::spawn(move || pipe(c2, s2));
+    pipe(server, client);
+    let _ = up.join();
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// A private containerd with its CRI plugin: config, root, state, socket,
+/// CNI dirs and registry hosts in a temp dir, running in a node namespace;
+/// its pods' cgroups under one parent of ours. Stopped, with everything it
+/// started, on drop.
+struct ContainerdCri {
+    dir: PathBuf,
+    socket: PathBuf,
+    cgroup_parent: String,
+    daemon: Option<Spawned>,
+    /// Whether /run/containerd existed before (the shims put their sockets
+    /// in `s/` there whatever the config says).
+    run_dir_existed: bool,
+}
+
+impl ContainerdCri {
+    fn start(
+        ns: &NetNs,
+        berth: &Path,
+        registry: &str,
+        sandbox_image: &str,
+        conflist: &serde_json::Value,
+    ) -> Result<ContainerdCri> {
+        for b in [CONTAINERD, RUNC] {
+            ensure!(
+                Path::new(b).is_file(),
+                "{b} not found: apt-get install containerd runc"
+            );
+        }
+        ensure!(
+            which("containerd-shim-runc-v2").is_some(),
+            "containerd-shim-runc-v2 not found: apt-get install containerd"
+        );
+        let run_dir_existed = Path::new(RUN_DIR).exists();
+        let dir = tempdir("bench-ctrd-")?.keep();
+        let mut c = ContainerdCri {
+            socket: dir.join("c.sock"),
+            cgroup_parent: format!("berth-bench-ctrd-{}", std::process::id()),
+            dir,
+            daemon: None,
+            run_dir_existed,
+        };
+        let d = c.dir.clone();
+        for sub in ["cni/net.d", "logs"] {
+            std::fs::create_dir_all(d.join(sub))?;
+        }
+        std::fs::write(
+            d.join("cni/net.d/10-bench.conflist"),
+            serde_json::to_vec_pretty(conflist)?,
+        )?;
+        let out = Command::new(berth)
+            .args(["cni", "install", "--dir"])
+            .arg(d.join("cni/bin"))
+            .output()
+            .context("running berth cni install")?;
+        ensure!(
+            out.status.success(),
+            "berth cni install: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // containerd 1.6 ignores a hosts.toml without a [host] table and
+        // would try https.
+        let hosts = d.join("certs.d").join(registry);
+        std::fs::create_dir_all(&hosts)?;
+        std::fs::write(
+            hosts.join("hosts.toml"),
+            format!(
+                "server = \"http://{registry}\"\n\n[host.\"http://{registry}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        )?;
+        std::fs::write(d.join("config.toml"), c.config(sandbox_image))?;
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", ns.path().display()))
+            .arg("--")
+            .arg(CONTAINERD)
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
+        c.daemon = Some(spawn_daemon(cmd, &d.join("containerd"))?);
+        Ok(c)
+    }
+
+    fn config(&self, sandbox_image: &str) -> String {
+        format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+  address = "{s}"
+
+[ttrpc]
+  address = "{s}.ttrpc"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox_image}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  # Root here lacks CAP_SYS_RESOURCE: runc could not give the sandbox its
+  # oom_score_adj of -998.
+  restrict_oom_score_adj = true
+  # Pod namespaces pinned in our state dir, not /run/netns.
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = "{RUNC}"
+        Root = "{d}/runc"
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni/bin"
+    conf_dir = "{d}/cni/net.d"
+    max_conf_num = 1
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{d}/certs.d"
+"#,
+            d = self.dir.display(),
+            s = self.socket.display(),
+        )
+    }
+
+    fn pid(&self) -> Option<i32> {
+        self.daemon.as_ref().map(|d| d.pid())
+    }
+
+    fn alive(&self) -> bool {
+        self.pid().is_some_and(proc::alive)
+    }
+
+    fn log(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("containerd.stderr")).unwrap_or_default();
+        tail(&log, 30)
+    }
+
+    /// SIGTERM to the daemon; SIGKILL to its shims and whatever is left in
+    /// our cgroups; unmounts and removes the temp dir.
+    fn shutdown(&mut self) {
+        let Some(daemon) = self.daemon.take() else {
+            return;
+        };
+        // SAFETY: signalling the daemon we started.
+        unsafe { libc::kill(daemon.pid(), libc::SIGTERM) };
+        if daemon.wait(Duration::from_secs(10)).is_err() {
+            eprintln!("bench: containerd did not stop on SIGTERM; killed");
+        }
+        // Shims started by this daemon carry its socket address.
+        let sock = self.socket.to_string_lossy().into_owned();
+        for p in proc::pids() {
+            let cl = proc::cmdline(p);
+            if cl.contains("containerd-shim") && cl.contains(&sock) {
+                // SAFETY: a shim of the daemon we started.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+        for h in proc::cgroup_hierarchies() {
+            let base = h.join(&self.cgroup_parent);
+            if base.is_dir() {
+                kill_and_remove_cgroup(&base);
+            }
+        }
+        for m in mounts_below(&self.dir).into_iter().rev() {
+            if let Ok(c) = std::ffi::CString::new(m.to_string_lossy().as_bytes()) {
+                // SAFETY: detaching a mount below our own temp dir.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+        remove_tree_if_unmounted(&self.dir);
+        if !self.run_dir_existed {
+            // Only empty directories go.
+            for d in ["s", ""] {
+                let _ = std::fs::remove_dir(Path::new(RUN_DIR).join(d));
+            }
+        }
+    }
+}
+
+impl Drop for ContainerdCri {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn kill_and_remove_cgroup(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                kill_and_remove_cgroup(&e.path());
+            }
+        }
+    }
+    for _ in 0..50 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<i32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.is_empty() {
+            break;
+        }
+        for p in pids {
+            // SAFETY: a process in a cgroup only our pods use.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+async fn connect(
+    socket: &Path,
+) -> Result<(RuntimeServiceClient<Channel>, ImageServiceClient<Channel>)> {
+    let socket = socket.to_path_buf();
+    let channel = Endpoint::try_from("http://cri.invalid")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
+        .context("connecting to the CRI socket")?;
+    Ok((
+        berth_proto::runtime_service_client(channel.clone()),
+        berth_proto::image_service_client(channel),
+    ))
+}
+
+/// Which processes make up a runtime on the node, besides its daemon.
+enum Kind {
+    /// berth processes whose command line names the daemon's dir (monitors
+    /// are forks of `berth oci --root <its state>`), and pod-inits.
+    Berth { dir: String },
+    /// Shims carrying the daemon's socket address, and their children
+    /// (pause).
+    Containerd { socket: String },
+}
+
+/// One runtime under test.
+struct Target {
+    name: &'static str,
+    runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+    daemon_pid: i32,
+    kind: Kind,
+    image: String,
+    log_dir: PathBuf,
+    cgroup_parent: String,
+}
+
+#[derive(Default)]
+struct Figures {
+    seq_start: Vec<Duration>,
+    /// RunPodSandbox, CreateContainer, StartContainer of each sequential
+    /// start.
+    seq_rpcs: Vec<[Duration; 3]>,
+    seq_teardown: Vec<Duration>,
+    par_start: Vec<Duration>,
+    par_teardown: Vec<Duration>,
+    mem: Option<Memory>,
+}
+
+struct Memory {
+    daemon_rss_idle_kib: u64,
+    daemon_rss_kib: u64,
+    pss_per_pod_kib: f64,
+    rss_per_pod_kib: f64,
+    procs_per_pod: f64,
+}
+
+struct Pod {
+    pod: String,
+    ctr: String,
+}
+
+impl Target {
+    async fn ready(&self) -> Result<bool> {
+        let s = self
+            .runtime
+            .clone()
+            .status(v1::StatusRequest { verbose: false })
+            .await?
+            .into_inner();
+        let conds = s.status.map(|s| s.conditions).unwrap_or_default();
+        Ok(["RuntimeReady", "NetworkReady"]
+            .iter()
+            .all(|t| conds.iter().any(|c| c.r#type == *t && c.status)))
+    }
+
+    async fn pull(&self, image: &str) -> Result<()> {
+        self.images
+            .clone()
+            .pull_image(v1::PullImageRequest {
+                image: Some(v1::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await
+            .with_context(|| format!("{} PullImage {image}", self.name))?;
+        Ok(())
+    }
+
+    fn pod_config(&self, name: &str) -> v1::PodSandboxConfig {
+        v1::PodSandboxConfig {
+            metadata: Some(v1::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("{name}-uid"),
+                namespace: "bench".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: self.log_dir.join(name).display().to_string(),
+            linux: Some(v1::LinuxPodSandboxConfig {
+                cgroup_parent: self.cgroup_parent.clone(),
+                security_context: Some(v1::LinuxSandboxSecurityContext {
+                    namespace_options: Some(namespaces()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn container_config(&self) -> v1::ContainerConfig {
+        v1::ContainerConfig {
+            metadata: Some(v1::ContainerMetadata {
+                name: "sleep".into(),
+                attempt: 0,
+            }),
+            image: Some(v1::ImageSpec {
+                image: self.image.clone(),
+                ..Default::default()
+            }),
+            command: WORKLOAD.map(String::from).to_vec(),
+            log_path: "sleep.log".into(),
+            linux: Some(v1::LinuxContainerConfig {
+                security_context: Some(v1::LinuxContainerSecurityContext {
+                    namespace_options: Some(namespaces()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// RunPodSandbox + CreateContainer + StartContainer, timed together and
+    /// each.
+    async fn start(&self, name: &str) -> Result<(Pod, Duration, [Duration; 3])> {
+        let mut rt = self.runtime.clone();
+        let config = self.pod_config(name);
+        let t0 = Instant::now();
+        let pod = rt
+            .run_pod_sandbox(v1::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .with_context(|| format!("{} RunPodSandbox {name}", self.name))?
+            .into_inner()
+            .pod_sandbox_id;
+        let t1 = Instant::now();
+        let ctr = rt
+            .create_container(v1::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(self.container_config()),
+                sandbox_config: Some(config),
+            })
+            .await
+            .with_context(|| format!("{} CreateContainer in {name}", self.name))?
+            .into_inner()
+            .container_id;
+        let t2 = Instant::now();
+        rt.start_container(v1::StartContainerRequest {
+            container_id: ctr.clone(),
+        })
+        .await
+        .with_context(|| format!("{} StartContainer in {name}", self.name))?;
+        let t3 = Instant::now();
+        Ok((Pod { pod, ctr }, t3 - t0, [t1 - t0, t2 - t1, t3 - t2]))
+    }
+
+    /// StopContainer (no grace: `sleep` as pid 1 ignores SIGTERM, so any
+    /// grace period would be waited out in full) + RemoveContainer +
+    /// StopPodSandbox + RemovePodSandbox, timed together.
+    async fn teardown(&self, p: &Pod) -> Result<Duration> {
+        let mut rt = self.runtime.clone();
+        let t0 = Instant::now();
+        rt.stop_container(v1::StopContainerRequest {
+            container_id: p.ctr.clone(),
+            timeout: 0,
+        })
+        .await
+        .with_context(|| format!("{} StopContainer {}", self.name, p.ctr))?;
+        rt.remove_container(v1::RemoveContainerRequest {
+            container_id: p.ctr.clone(),
+        })
+        .await
+        .with_context(|| format!("{} RemoveContainer {}", self.name, p.ctr))?;
+        rt.stop_pod_sandbox(v1::StopPodSandboxRequest {
+            pod_sandbox_id: p.pod.clone(),
+        })
+        .await
+        .with_context(|| format!("{} StopPodSandbox {}", self.name, p.pod))?;
+        rt.remove_pod_sandbox(v1::RemovePodSandboxRequest {
+            pod_sandbox_id: p.pod.clone(),
+        })
+        .await
+        .with_context(|| format!("{} RemovePodSandbox {}", self.name, p.pod))?;
+        Ok(t0.elapsed())
+    }
+
+    /// Removes every pod the daemon lists (with its containers), whatever
+    /// state a failed run left it in. Returns the first error.
+    async fn remove_all(&self) -> Result<()> {
+        let mut rt = self.runtime.clone();
+        let mut first = None;
+        let ctrs = rt
+            .list_containers(v1::ListContainersRequest { filter: None })
+            .await
+            .map(|r| r.into_inner().containers)
+            .unwrap_or_default();
+        for c in ctrs {
+            let r = self
+                .teardown_container(&mut rt, &c.id)
+                .await
+                .with_context(|| format!("{} removing container {}", self.name, c.id));
+            first = first.or(r.err());
+        }
+        let pods = rt
+            .list_pod_sandbox(v1::ListPodSandboxRequest { filter: None })
+            .await
+            .with_context(|| format!("{} ListPodSandbox", self.name))?
+            .into_inner()
+            .items;
+        for p in pods {
+            let r = async {
+                rt.stop_pod_sandbox(v1::StopPodSandboxRequest {
+                    pod_sandbox_id: p.id.clone(),
+                })
+                .await?;
+                rt.remove_pod_sandbox(v1::RemovePodSandboxRequest {
+                    pod_sandbox_id: p.id.clone(),
+                })
+                .await?;
+                Ok::<_, tonic::Status>(())
+            }
+            .await
+            .with_context(|| format!("{} removing pod {}", self.name, p.id));
+            first = first.or(r.err());
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    async fn teardown_container(
+        &self,
+        rt: &mut RuntimeServiceClient<Channel>,
+        id: &str,
+    ) -> Result<(), tonic::Status> {
+        rt.stop_container(v1::StopContainerRequest {
+            container_id: id.into(),
+            timeout: 0,
+        })
+        .await?;
+        rt.remove_container(v1::RemoveContainerRequest {
+            container_id: id.into(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The daemon and every process it keeps for pods (not the workload).
+    fn processes(&self) -> Vec<i32> {
+        let all = proc::pids();
+        let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+        for &p in &all {
+            if let Some(pp) = proc::ppid(p) {
+                children.entry(pp).or_default().push(p);
+            }
+        }
+        let mut todo = vec![self.daemon_pid];
+        for &p in &all {
+            let cl = proc::cmdline(p);
+            let ours = match &self.kind {
+                Kind::Berth { dir } => {
+                    cl.contains(dir.as_str())
+                        && proc::exe(p).is_some_and(|e| e.file_name() == Some("berth".as_ref()))
+                }
+                Kind::Containerd { socket } => {
+                    cl.contains("containerd-shim") && cl.contains(socket.as_str())
+                }
+            };
+            if ours {
+                todo.push(p);
+            }
+        }
+        let workload = WORKLOAD.join(" ");
+        let mut seen = HashSet::new();
+        while let Some(p) = todo.pop() {
+            if !seen.insert(p) {
+                continue;
+            }
+            if let Some(c) = children.get(&p) {
+                todo.extend(c);
+            }
+        }
+        let mut out: Vec<i32> = seen
+            .into_iter()
+            .filter(|&p| proc::cmdline(p) != workload)
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Sum of (PSS, RSS) in KiB over `pids`, and how many were readable.
+    fn usage(pids: &[i32]) -> (u64, u64, usize) {
+        let mut pss = 0;
+        let mut rss = 0;
+        let mut n = 0;
+        for &p in pids {
+            if let Some((ps, rs)) = rollup(p) {
+                pss += ps;
+                rss += rs;
+                n += 1;
+            }
+        }
+        (pss, rss, n)
+    }
+
+    fn show(&self, pids: &[i32]) {
+        eprintln!("{} processes:   PSS KiB   RSS KiB  command", self.name);
+        for &p in pids {
+            let (pss, rss) = rollup(p).unwrap_or_default();
+            let cl: String = proc::cmdline(p).chars().take(110).collect();
+            eprintln!("{p:>8} {pss:>17} {rss:>9}  {cl}");
+        }
+    }
+
+    /// Memory with `pods` pods running against none.
+    async fn memory(&self, pods: usize, show: bool) -> Result<Memory> {
+        settle().await;
+        let daemon_rss_idle_kib = rollup(self.daemon_pid).map_or(0, |(_, r)| r);
+        let (pss0, rss0, n0) = Target::usage(&self.processes());
+        let mut running = Vec::new();
+        let mut result = Ok(());
+        for i in 0..pods {
+            match self.start(&format!("mem-{i}")).await {
+                Ok((p, ..)) => running.push(p),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let after = if result.is_ok() {
+            settle().await;
+            let daemon = rollup(self.daemon_pid).map_or(0, |(_, r)| r);
+            let procs = self.processes();
+            if show {
+                self.show(&procs);
+            }
+            Some((daemon, Target::usage(&procs)))
+        } else {
+            None
+        };
+        for p in &running {
+            let r = self.teardown(p).await;
+            if result.is_ok() {
+                result = r.map(|_| ());
+            }
+        }
+        result?;
+        let (daemon_rss_kib, (pss1, rss1, n1)) = after.context("no measurement")?;
+        let per = |a: u64, b: u64| (a as f64 - b as f64) / pods as f64;
+        Ok(Memory {
+            daemon_rss_idle_kib,
+            daemon_rss_kib,
+            pss_per_pod_kib: per(pss1, pss0),
+            rss_per_pod_kib: per(rss1, rss0),
+            procs_per_pod: per(n1 as u64, n0 as u64),
+        })
+    }
+}
+
+/// What the kubelet asks for a pod without `shareProcessNamespace`: the
+/// CRI's zero value would be a pid namespace shared by the pod.
+fn namespaces() -> v1::NamespaceOption {
+    v1::NamespaceOption {
+        network: v1::NamespaceMode::Pod as i32,
+        pid: v1::NamespaceMode::Container as i32,
+        ipc: v1::NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+/// Lets lazily started work (log readers, exit watchers) begin and freed
+/// memory return before a measurement.
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+/// (Pss, Rss) in KiB from /proc/PID/smaps_rollup.
+fn rollup(pid: i32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |key: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((field("Pss:")?, field("Rss:")?))
+}
+
+/// Sequential start/teardown, alternating the runtimes; iteration 0 is a
+/// warm-up.
+async fn sequential(targets: &[Target], figs: &mut [Figures], n: usize) -> Result<()> {
+    for i in 0..=n {
+        for (t, f) in targets.iter().zip(figs.iter_mut()) {
+            let (pod, start, rpcs) = t.start(&format!("seq-{i}")).await?;
+            let down = t.teardown(&pod).await?;
+            if i > 0 {
+                f.seq_start.push(start);
+                f.seq_rpcs.push(rpcs);
+                f.seq_teardown.push(down);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rounds of WORKERS pods started at once, then torn down at once, the
+/// runtimes alternating by round; round 0 is a warm-up.
+async fn concurrent(targets: &[Target], figs: &mut [Figures], n: usize) -> Result<()> {
+    for round in 0..=n / WORKERS {
+        for (t, f) in targets.iter().zip(figs.iter_mut()) {
+            let starts = futures::future::join_all(
+                (0..WORKERS).map(|k| t.start_owned(format!("par-{round}-{k}"))),
+            )
+            .await;
+            let mut pods = Vec::new();
+            let mut first = None;
+            for s in starts {
+                match s {
+                    Ok((p, d, _)) => {
+                        pods.push(p);
+                        if round > 0 {
+                            f.par_start.push(d);
+                        }
+                    }
+                    Err(e) => first = first.or(Some(e)),
+                }
+            }
+            let downs = futures::future::join_all(pods.iter().map(|p| t.teardown(p))).await;
+            for d in downs {
+                match d {
+                    Ok(d) if round > 0 => f.par_teardown.push(d),
+                    Ok(_) => {}
+                    Err(e) => first = first.or(Some(e)),
+                }
+            }
+            if let Some(e) = first {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Target {
+    async fn start_owned(&self, name: String) -> Result<(Pod, Duration, [Duration; 3])> {
+        self.start(&name).await
+    }
+}
+
+async fn run(targets: &[Target], args: &Args) -> Result<Vec<Figures>> {
+    let mut figs: Vec<Figures> = targets.iter().map(|_| Figures::default()).collect();
+    eprintln!("bench: {} sequential pods per runtime", args.n);
+    sequential(targets, &mut figs, args.n).await?;
+    eprintln!("bench: {} pods per runtime, {WORKERS} at a time", args.n);
+    concurrent(targets, &mut figs, args.n).await?;
+    for (t, f) in targets.iter().zip(figs.iter_mut()) {
+        eprintln!("bench: memory of {} with {} pods", t.name, args.pods);
+        f.mem = Some(t.memory(args.pods, args.show_processes).await?);
+    }
+    Ok(figs)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn print(figs: &[Figures], args: &Args, load: (&str, &str)) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "\nCRI pod + busybox `sleep` container, N={} each (runtimes alternating), {WORKERS} at a time in rounds; \
+         load average {} before, {} after",
+        args.n, load.0, load.1
+    );
+    println!(
+        "{:<34} {:>10} {:>11} {:>17}",
+        "", "berth", "containerd", "berth/containerd"
+    );
+    let row = |label: &str, b: f64, c: f64| {
+        println!("{label:<34} {b:>10.2} {c:>11.2} {:>17.2}", b / c);
+    };
+    type Sample = fn(&Figures) -> &Vec<Duration>;
+    let samples: [(&str, Sample); 4] = [
+        ("start", |f| &f.seq_start),
+        ("teardown", |f| &f.seq_teardown),
+        ("start, 10 at a time", |f| &f.par_start),
+        ("teardown, 10 at a time", |f| &f.par_teardown),
+    ];
+    for (i, (label, get)) in samples.into_iter().enumerate() {
+        for p in [50.0, 99.0] {
+            row(
+                &format!("{label} p{p} ms"),
+                ms(percentile(get(&figs[0]), p)),
+                ms(percentile(get(&figs[1]), p)),
+            );
+        }
+        if i == 0 {
+            for (k, rpc) in ["RunPodSandbox", "CreateContainer", "StartContainer"]
+                .iter()
+                .enumerate()
+            {
+                let p50 = |f: &Figures| {
+                    let v: Vec<Duration> = f.seq_rpcs.iter().map(|r| r[k]).collect();
+                    ms(percentile(&v, 50.0))
+                };
+                row(&format!("  {rpc} p50 ms"), p50(&figs[0]), p50(&figs[1]));
+            }
+        }
+    }
+    let (Some(mb), Some(mc)) = (&figs[0].mem, &figs[1].mem) else {
+        return;
+    };
+    let kib = |k: u64| k as f64 / MIB;
+    row(
+        "daemon RSS MiB, no pods",
+        kib(mb.daemon_rss_idle_kib),
+        kib(mc.daemon_rss_idle_kib),
+    );
+    row(
+        &format!("daemon RSS MiB, {} pods", args.pods),
+        kib(mb.daemon_rss_kib),
+        kib(mc.daemon_rss_kib),
+    );
+    row(
+        "added per running pod, PSS MiB",
+        mb.pss_per_pod_kib / MIB,
+        mc.pss_per_pod_kib / MIB,
+    );
+    row(
+        "added per running pod, RSS MiB",
+        mb.rss_per_pod_kib / MIB,
+        mc.rss_per_pod_kib / MIB,
+    );
+    row(
+        "added per running pod, processes",
+        mb.procs_per_pod,
+        mc.procs_per_pod,
+    );
+
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    let ratio = ms(percentile(&figs[0].seq_start, 50.0)) / ms(percentile(&figs[1].seq_start, 50.0));
+    let rss = kib(mb.daemon_rss_kib.max(mb.daemon_rss_idle_kib));
+    let pss = mb.pss_per_pod_kib / MIB;
+    println!("\ngoals (issue 5)");
+    println!(
+        "start p50 berth/containerd <= 0.10:   {ratio:>6.2}  {}",
+        met(ratio <= 0.10)
+    );
+    println!(
+        "daemon RSS <= 20 MiB:                 {rss:>6.2}  {}",
+        met(rss <= 20.0)
+    );
+    println!(
+        "PSS per running pod <= 1 MiB:         {pss:>6.2}  {}",
+        met(pss <= 1.0)
+    );
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    for tool in ["ip", "nsenter"] {
+        ensure!(which(tool).is_some(), "{tool} is needed");
+    }
+    let load_before = loadavg();
+
+    // Declared in the order of their use; dropped in reverse: daemons
+    // (with their pods' processes, cgroups and mounts) before forwarders,
+    // namespaces and the registry.
+    let registry = Registry::start()?;
+    registry.push("bench/busybox", "1", images::busybox()?)?;
+    let pause = Image::new(
+        Format::Oci,
+        &ImageConfig {
+            entrypoint: Some(PAUSE_ENTRYPOINT.map(String::from).to_vec()),
+            cmd: None,
+            ..images::busybox_config()
+        },
+        images::busybox()?.layers.clone(),
+    )?;
+    registry.push("bench/pause", "1", &pause)?;
+    let upstream: SocketAddr = registry.addr().parse()?;
+
+    let berth_ns = NetNs::new("bench-berth")?;
+    let ctrd_ns = NetNs::new("bench-ctrd")?;
+    let port = Forwarder::port(&berth_ns)?;
+    let _fwd_berth = Forwarder::start(&berth_ns, port, upstream)?;
+    let _fwd_ctrd = Forwarder::start(&ctrd_ns, port, upstream)
+        .with_context(|| format!("port {port} taken in the containerd namespace; run again"))?;
+    let local = format!("127.0.0.1:{port}");
+    let busybox = format!("{local}/bench/busybox:1");
+    let pause_ref = format!("{local}/bench/pause:1");
+
+    let ipam_berth = tempdir("ipam-berth-")?;
+    let ipam_ctrd = tempdir("ipam-ctrd-")?;
+    let mut berth = CriDaemon::start(Options {
+        netns: Some(berth_ns.path()),
+        conflist: Some(conflist(ipam_berth.path())),
+        berth: Some(args.berth.clone()),
+        quiet: true,
+        ..Default::default()
+    })?;
+    let mut ctrd = ContainerdCri::start(
+        &ctrd_ns,
+        &args.berth,
+        &local,
+        &pause_ref,
+        &conflist(ipam_ctrd.path()),
+    )?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let targets = setup(&berth, &ctrd, &busybox, &pause_ref).await?;
+        let figs = run(&targets, &args).await;
+        let mut cleaned = Ok(());
+        for t in &targets {
+            if let Err(e) = t.remove_all().await {
+                eprintln!("bench: cleanup: {e:#}");
+                cleaned = Err(e);
+            }
+        }
+        let figs = figs?;
+        cleaned?;
+        Ok::<_, anyhow::Error>(figs)
+    });
+    let result = result.map_err(|e| {
+        if !ctrd.alive() {
+            e.context(format!("containerd exited; its log:\n{}", ctrd.log()))
+        } else if e.chain().any(|c| c.to_string().starts_with("containerd ")) {
+            e.context(format!("containerd log (last lines):\n{}", ctrd.log()))
+        } else if e.chain().any(|c| c.to_string().starts_with("berth ")) {
+            e.context(format!(
+                "berth runtime log (last lines):\n{}",
+                tail(&berth.log(), 30)
+            ))
+        } else {
+            e
+        }
+    });
+    if let Err(e) = berth.terminate() {
+        eprintln!("bench: stopping berth runtime: {e:#}");
+    }
+    ctrd.shutdown();
+    let figs = result?;
+    print(&figs, &args, (&load_before, &loadavg()));
+    Ok(())
+}
+
+/// Connects to both daemons, waits until they are ready, and pulls the
+/// images over the CRI.
+async fn setup(
+    berth: &CriDaemon,
+    ctrd: &ContainerdCri,
+    busybox: &str,
+    pause: &str,
+) -> Result<Vec<Target>> {
+    let (runtime, images) = connect(&berth.socket()).await?;
+    let b = Target {
+        name: "berth",
+        runtime,
+        images,
+        daemon_pid: i32::try_from(berth.pid().context("berth runtime is not running")?)?,
+        kind: Kind::Berth {
+            dir: berth.path("").display().to_string(),
+        },
+        image: busybox.into(),
+        log_dir: berth.path("logs"),
+        cgroup_parent: "bench".into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let c = loop {
+        ensure!(ctrd.alive(), "containerd exited:\n{}", ctrd.log());
+        if ctrd.socket.exists()
+            && let Ok((runtime, images)) = connect(&ctrd.socket).await
+        {
+            let t = Target {
+                name: "containerd",
+                runtime,
+                images,
+                daemon_pid: ctrd.pid().context("containerd is not running")?,
+                kind: Kind::Containerd {
+                    socket: ctrd.socket.display().to_string(),
+                },
+                image: busybox.into(),
+                log_dir: ctrd.dir.join("logs"),
+                cgroup_parent: format!("/{}", ctrd.cgroup_parent),
+            };
+            if t.ready().await.unwrap_or(false) {
+                break t;
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "containerd's CRI not ready (RuntimeReady, NetworkReady) in 60 s:\n{}",
+            ctrd.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ensure!(b.ready().await?, "berth runtime is not ready");
+    b.pull(busybox).await?;
+    c.pull(busybox).await?;
+    c.pull(pause).await?;
+    Ok(vec![b, c])
+}
