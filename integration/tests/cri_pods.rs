@@ -350,6 +350,27 @@ fn a_pod_with_a_container_runs_execs_logs_and_stops() -> Result<()> {
                 .await?
                 .into_inner();
             ensure!(pods.items.len() == 1 && pods.items[0].id == pod, "{pods:?}");
+            // The streaming forms of the lists.
+            let mut stream = c
+                .runtime
+                .stream_containers(v1::StreamContainersRequest { filter: None })
+                .await?
+                .into_inner();
+            let mut streamed = Vec::new();
+            while let Some(m) = stream.message().await? {
+                streamed.extend(m.containers);
+            }
+            ensure!(streamed.len() == 1 && streamed[0].id == cid, "{streamed:?}");
+            let mut stream = c
+                .runtime
+                .stream_pod_sandboxes(v1::StreamPodSandboxesRequest { filter: None })
+                .await?
+                .into_inner();
+            let mut streamed = Vec::new();
+            while let Some(m) = stream.message().await? {
+                streamed.extend(m.pod_sandboxes);
+            }
+            ensure!(streamed.len() == 1 && streamed[0].id == pod, "{streamed:?}");
 
             // It ignores SIGTERM: after the grace period, SIGKILL.
             c.runtime

@@ -9,7 +9,7 @@ use crate::image::meta::ImageRecord;
 
 /// Images per StreamImages message: far below the 16 MiB message limit even
 /// for images with many tags.
-const STREAM_BATCH: usize = 100;
+pub(super) const STREAM_BATCH: usize = 100;
 
 /// The image user as the CRI reports it: a numeric user (`1000`,
 /// `1000:1000`) is a uid, anything else a username (the group is dropped).

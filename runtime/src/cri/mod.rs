@@ -106,6 +106,19 @@ impl RuntimeServer {
     }
 }
 
+/// A list as a stream of messages of at most [`image_list::STREAM_BATCH`]
+/// items, each well under the 16 MiB message limit.
+fn batched<T: Clone + Send + 'static, R: Send + 'static>(
+    items: Vec<T>,
+    wrap: impl Fn(Vec<T>) -> R,
+) -> Response<BoxStream<R>> {
+    let batches: Vec<Result<R, Status>> = items
+        .chunks(image_list::STREAM_BATCH)
+        .map(|c| Ok(wrap(c.to_vec())))
+        .collect();
+    Response::new(Box::pin(tonic::codegen::tokio_stream::iter(batches)))
+}
+
 /// The answer of an RPC whose slice has not landed yet.
 fn not_yet(rpc: &str) -> Status {
     Status::unimplemented(format!(
@@ -248,9 +261,19 @@ impl RuntimeService for RuntimeServer {
 
     async fn stream_pod_sandboxes(
         &self,
-        _request: Request<v1::StreamPodSandboxesRequest>,
+        request: Request<v1::StreamPodSandboxesRequest>,
     ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
-        Err(not_yet("StreamPodSandboxes"))
+        let filter = request.into_inner().filter;
+        let items = self
+            .blocking(
+                "StreamPodSandboxes",
+                move |d| Ok(d.list_pod_sandbox(filter)),
+            )
+            .await?
+            .into_inner();
+        Ok(batched(items, |c| v1::StreamPodSandboxesResponse {
+            pod_sandboxes: c,
+        }))
     }
 
     async fn create_container(
@@ -316,9 +339,16 @@ impl RuntimeService for RuntimeServer {
 
     async fn stream_containers(
         &self,
-        _request: Request<v1::StreamContainersRequest>,
+        request: Request<v1::StreamContainersRequest>,
     ) -> Result<Response<Self::StreamContainersStream>, Status> {
-        Err(not_yet("StreamContainers"))
+        let filter = request.into_inner().filter;
+        let items = self
+            .blocking("StreamContainers", move |d| Ok(d.list_containers(filter)))
+            .await?
+            .into_inner();
+        Ok(batched(items, |c| v1::StreamContainersResponse {
+            containers: c,
+        }))
     }
 
     async fn container_status(
@@ -432,9 +462,18 @@ impl RuntimeService for RuntimeServer {
 
     async fn stream_container_stats(
         &self,
-        _request: Request<v1::StreamContainerStatsRequest>,
+        request: Request<v1::StreamContainerStatsRequest>,
     ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
-        Err(not_yet("StreamContainerStats"))
+        let filter = request.into_inner().filter;
+        let items = self
+            .blocking("StreamContainerStats", move |d| {
+                Ok(d.list_container_stats(filter))
+            })
+            .await?
+            .into_inner();
+        Ok(batched(items, |c| v1::StreamContainerStatsResponse {
+            container_stats: c,
+        }))
     }
 
     async fn pod_sandbox_stats(
@@ -464,9 +503,18 @@ impl RuntimeService for RuntimeServer {
 
     async fn stream_pod_sandbox_stats(
         &self,
-        _request: Request<v1::StreamPodSandboxStatsRequest>,
+        request: Request<v1::StreamPodSandboxStatsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
-        Err(not_yet("StreamPodSandboxStats"))
+        let filter = request.into_inner().filter;
+        let items = self
+            .blocking("StreamPodSandboxStats", move |d| {
+                Ok(d.list_pod_sandbox_stats(filter))
+            })
+            .await?
+            .into_inner();
+        Ok(batched(items, |c| v1::StreamPodSandboxStatsResponse {
+            pod_sandbox_stats: c,
+        }))
     }
 
     async fn update_runtime_config(
@@ -565,9 +613,14 @@ impl RuntimeService for RuntimeServer {
 
     async fn stream_pod_sandbox_metrics(
         &self,
-        _request: Request<v1::StreamPodSandboxMetricsRequest>,
+        request: Request<v1::StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
-        Err(not_yet("StreamPodSandboxMetrics"))
+        let _ = request;
+        Ok(batched(Vec::new(), |c| {
+            v1::StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics: c,
+            }
+        }))
     }
 
     async fn runtime_config(
