@@ -18,6 +18,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -27,6 +28,8 @@ use super::backend::Backend;
 use super::cache::{Pending, RequestCache};
 use super::remotecommand::{self, Command, Options};
 use super::spdy::{Connection, Role};
+use super::tunnel::WsTunnel;
+use super::ws::PortForwardWs;
 use super::{StreamConfig, portforward, ws};
 
 const STREAM_PROTOCOL_HEADER: &str = "x-stream-protocol-version";
@@ -159,37 +162,12 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Resp {
             upgrade_remotecommand(shared, req, opts, command)
         }
         ("portforward", Pending::PortForward(p)) => {
-            let mut ports: Vec<u16> = p
+            let ports: Vec<u16> = p
                 .port
                 .iter()
                 .filter_map(|&p| u16::try_from(p).ok().filter(|&p| p > 0))
                 .collect();
-            if ports.is_empty() && is_websocket(req.headers()) {
-                // WebSocket needs the ports up front; the request may leave
-                // them to the URL's `port` parameters (upstream NewV4Options).
-                for (k, v) in &query {
-                    if k == "port" {
-                        for p in v.split(',') {
-                            match p.trim().parse::<u16>() {
-                                Ok(p) if p > 0 => ports.push(p),
-                                _ => {
-                                    return text(
-                                        StatusCode::BAD_REQUEST,
-                                        format!("unable to parse {p:?} as a port"),
-                                    );
-                                }
-                            }
-                        }
-                    }
-                }
-                if ports.is_empty() {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        "query parameter \"port\" is required",
-                    );
-                }
-            }
-            upgrade_portforward(shared, req, p.pod_sandbox_id, ports)
+            upgrade_portforward(shared, req, p.pod_sandbox_id, ports, &query)
         }
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
@@ -275,11 +253,42 @@ fn switching(upgrade: &'static str) -> Resp {
     r
 }
 
-/// Prepares a WebSocket 101, or says why not.
-fn websocket_accept(
+/// The ports of a channel-protocol WebSocket port forward whose CRI request
+/// named none: that protocol needs them up front, and the URL's `port`
+/// parameters may carry them (upstream NewV4Options).
+fn query_ports(query: &[(String, String)]) -> Result<Vec<u16>, Box<Resp>> {
+    let mut ports = Vec::new();
+    for (k, v) in query {
+        if k == "port" {
+            for p in v.split(',') {
+                match p.trim().parse::<u16>() {
+                    Ok(p) if p > 0 => ports.push(p),
+                    _ => {
+                        return Err(Box::new(text(
+                            StatusCode::BAD_REQUEST,
+                            format!("unable to parse {p:?} as a port"),
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    if ports.is_empty() {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "query parameter \"port\" is required",
+        )));
+    }
+    Ok(ports)
+}
+
+/// Prepares a WebSocket 101, or says why not. `unnamed` is what a client
+/// offering no subprotocol gets.
+fn websocket_accept<T: Copy>(
     req: &Request<Incoming>,
-    supported: &[(&'static str, ws::WsProtocol)],
-) -> Result<(Resp, ws::WsProtocol), Box<Resp>> {
+    supported: &[(&'static str, T)],
+    unnamed: T,
+) -> Result<(Resp, T), Box<Resp>> {
     let h = req.headers();
     let Some(key) = h.get("sec-websocket-key") else {
         return Err(Box::new(text(
@@ -299,7 +308,7 @@ fn websocket_accept(
         return Err(Box::new(r));
     }
     let offered = header_values(h, "sec-websocket-protocol");
-    let Some((name, proto)) = ws::negotiate(&offered, supported) else {
+    let Some((name, proto)) = ws::negotiate(&offered, supported, unnamed) else {
         let ours: Vec<&str> = supported.iter().map(|(n, _)| *n).collect();
         return Err(Box::new(text(
             StatusCode::BAD_REQUEST,
@@ -359,7 +368,7 @@ fn upgrade_remotecommand(
 ) -> Resp {
     let backend = shared.backend.clone();
     if is_websocket(req.headers()) {
-        let (resp, proto) = match websocket_accept(&req, ws::REMOTECOMMAND_PROTOCOLS) {
+        let (resp, proto) = match websocket_accept(&req, ws::REMOTECOMMAND_PROTOCOLS, ws::UNNAMED) {
             Ok(v) => v,
             Err(r) => return *r,
         };
@@ -403,18 +412,49 @@ fn upgrade_portforward(
     req: Request<Incoming>,
     pod_sandbox_id: String,
     ports: Vec<u16>,
+    query: &[(String, String)],
 ) -> Resp {
     let backend = shared.backend.clone();
+    let idle = shared.config.stream_idle_timeout;
+    let creation = shared.config.stream_creation_timeout;
     if is_websocket(req.headers()) {
-        let (resp, proto) = match websocket_accept(&req, ws::PORTFORWARD_PROTOCOLS) {
+        let unnamed = PortForwardWs::Channels(ws::UNNAMED);
+        let (resp, transport) = match websocket_accept(&req, ws::PORTFORWARD_PROTOCOLS, unnamed) {
             Ok(v) => v,
             Err(r) => return *r,
         };
-        let idle = nonzero(shared.config.stream_idle_timeout);
-        spawn_upgraded(&shared, req, move |io| async move {
-            let socket = WebSocketStream::from_raw_socket(io, WsRole::Server, None).await;
-            portforward::serve_ws(socket, proto, pod_sandbox_id, ports, backend, idle).await;
-        });
+        match transport {
+            // Each SPDY stream pair names its port, so none are needed up
+            // front: no ports in the request means any, as on plain SPDY.
+            PortForwardWs::SpdyTunnel => spawn_upgraded(&shared, req, move |io| async move {
+                let socket = WebSocketStream::from_raw_socket(io, WsRole::Server, None).await;
+                spdy_portforward(
+                    WsTunnel::new(socket),
+                    pod_sandbox_id,
+                    ports,
+                    backend,
+                    idle,
+                    creation,
+                )
+                .await;
+            }),
+            PortForwardWs::Channels(proto) => {
+                let ports = if ports.is_empty() {
+                    match query_ports(query) {
+                        Ok(p) => p,
+                        Err(r) => return *r,
+                    }
+                } else {
+                    ports
+                };
+                let idle = nonzero(idle);
+                spawn_upgraded(&shared, req, move |io| async move {
+                    let socket = WebSocketStream::from_raw_socket(io, WsRole::Server, None).await;
+                    portforward::serve_ws(socket, proto, pod_sandbox_id, ports, backend, idle)
+                        .await;
+                });
+            }
+        }
         return resp;
     }
     let (name, _) = match spdy_handshake(req.headers(), SPDY_PORTFORWARD) {
@@ -427,17 +467,30 @@ fn upgrade_portforward(
             "unable to upgrade: missing upgrade headers in request",
         );
     }
-    let idle = shared.config.stream_idle_timeout;
-    let creation = shared.config.stream_creation_timeout;
-    spawn_upgraded(&shared, req, move |io| async move {
-        let (conn, incoming) = Connection::start(io, Role::Server, nonzero(idle));
-        let _guard = AbortOnDrop(conn.clone());
-        portforward::serve_spdy(conn, incoming, pod_sandbox_id, ports, backend, creation).await;
+    spawn_upgraded(&shared, req, move |io| {
+        spdy_portforward(io, pod_sandbox_id, ports, backend, idle, creation)
     });
     let mut resp = switching("SPDY/3.1");
     resp.headers_mut()
         .insert(STREAM_PROTOCOL_HEADER, HeaderValue::from_static(name));
     resp
+}
+
+/// A SPDY port-forward session on `io`: the upgraded connection itself, or
+/// the byte stream tunnelled through a WebSocket.
+async fn spdy_portforward<T>(
+    io: T,
+    pod_sandbox_id: String,
+    ports: Vec<u16>,
+    backend: Arc<dyn Backend>,
+    idle: Duration,
+    creation: Duration,
+) where
+    T: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (conn, incoming) = Connection::start(io, Role::Server, nonzero(idle));
+    let _guard = AbortOnDrop(conn.clone());
+    portforward::serve_spdy(conn, incoming, pod_sandbox_id, ports, backend, creation).await;
 }
 
 fn nonzero(d: Duration) -> Option<Duration> {

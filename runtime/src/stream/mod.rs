@@ -18,7 +18,10 @@
 //!   `v5.channel.k8s.io` (stdin close signal), `v4.channel.k8s.io`,
 //!   `v4.base64.channel.k8s.io`, `v3`/`v2.channel.k8s.io`,
 //!   `channel.k8s.io`, `base64.channel.k8s.io` or none; port forwarding in
-//!   `v4.channel.k8s.io`, `v4.base64…`, `channel.k8s.io`, `base64…`.
+//!   `SPDY/3.1+portforward.k8s.io` (the SPDY session tunnelled in binary
+//!   messages: client-go's WebSocket dialer, kubectl 1.31+, critest
+//!   `--websocket-portforward`), or in `v4.channel.k8s.io`, `v4.base64…`,
+//!   `channel.k8s.io`, `base64…` (channels per port).
 //!
 //! The module knows nothing of containers: the daemon implements
 //! [`Backend`] (exec a command, attach to a container, connect to a port in
@@ -50,7 +53,7 @@
 //! Files: `http.rs` routes and upgrades; `remotecommand.rs` runs exec and
 //! attach sessions on either transport; `portforward.rs` port forwarding;
 //! `spdy/` the SPDY framing and connection; `ws.rs` the WebSocket channel
-//! protocol; `status.rs` the error-stream status; `cache.rs` the tokens;
+//! protocol; `tunnel.rs` a WebSocket as the SPDY byte stream it tunnels; `status.rs` the error-stream status; `cache.rs` the tokens;
 //! `backend.rs` the trait.
 
 mod backend;
@@ -60,6 +63,7 @@ mod portforward;
 mod remotecommand;
 pub mod spdy;
 mod status;
+mod tunnel;
 mod ws;
 
 #[cfg(test)]

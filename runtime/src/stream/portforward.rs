@@ -7,9 +7,12 @@
 //! prints it and drops the connection). A reset from the pod side (EPIPE,
 //! ECONNRESET) resets both streams instead, which keeps the session.
 //!
-//! Over WebSocket there is one forwarded connection per port in the request,
-//! on channels 2i (data) and 2i+1 (error); the first message on each carries
-//! the port as two little-endian bytes.
+//! client-go's WebSocket dialer tunnels that same SPDY session through a
+//! WebSocket (`tunnel.rs`); it is served by [`serve_spdy`] too.
+//!
+//! The older WebSocket channel protocol has one forwarded connection per
+//! port in the request, on channels 2i (data) and 2i+1 (error); the first
+//! message on each carries the port as two little-endian bytes.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;

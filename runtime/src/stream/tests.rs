@@ -876,6 +876,122 @@ async fn websocket_port_forward_prefixes_the_port() {
     assert_eq!(got, b"hello");
 }
 
+/// client-go's `NewSPDYOverWebsocketDialer`: a WebSocket asking for the
+/// tunnel subprotocol, and a SPDY client on the bytes it carries.
+async fn tunnel_connect(url: &str) -> Connection {
+    let (ws, proto) = ws_connect(url, "SPDY/3.1+portforward.k8s.io").await;
+    assert_eq!(proto.as_deref(), Some("SPDY/3.1+portforward.k8s.io"));
+    let (conn, _incoming) = Connection::start(super::tunnel::WsTunnel::new(ws), Role::Client, None);
+    conn
+}
+
+#[tokio::test]
+async fn spdy_over_websocket_port_forward_carries_concurrent_connections() {
+    let port = echo_server().await;
+    let s = server().await;
+    // No ports in the request and none in the URL: what critest sends, and
+    // what the channel protocol refuses with a 400.
+    let url = s
+        .get_port_forward(&PortForwardRequest {
+            pod_sandbox_id: "p1".into(),
+            port: vec![],
+        })
+        .unwrap()
+        .url;
+    let conn = tunnel_connect(&url).await;
+    let mut joins = Vec::new();
+    for id in 0..2u32 {
+        let (mut data, mut error) = pf_pair(&conn, port, id).await;
+        joins.push(tokio::spawn(async move {
+            // Past SPDY's 64 KiB window and the tunnel's message size.
+            let msg = format!("tunnelled {id} ").repeat(20_000);
+            let writer = data.writer.clone();
+            let sent = msg.clone();
+            tokio::spawn(async move {
+                writer.write(sent.as_bytes()).await.unwrap();
+                writer.close().await.unwrap();
+            });
+            let back = read_all(&mut data).await;
+            assert!(back == msg.as_bytes(), "connection {id} echoed wrong");
+            assert!(read_all(&mut error).await.is_empty());
+        }));
+    }
+    for j in joins {
+        tokio::time::timeout(TIMEOUT, j).await.unwrap().unwrap();
+    }
+
+    // Nothing listens on port 1: the error stream says so, and the session
+    // goes on.
+    let (mut data, mut error) = pf_pair(&conn, 1, 7).await;
+    let msg = tokio::time::timeout(TIMEOUT, read_all(&mut error))
+        .await
+        .unwrap();
+    let msg = String::from_utf8(msg).unwrap();
+    assert!(
+        msg.starts_with("error forwarding port 1 to pod p1: connect to port 1:"),
+        "{msg}"
+    );
+    assert!(read_all(&mut data).await.is_empty());
+    let (mut data, _error) = pf_pair(&conn, port, 8).await;
+    data.writer.write(b"still here").await.unwrap();
+    data.writer.close().await.unwrap();
+    let back = tokio::time::timeout(TIMEOUT, read_all(&mut data))
+        .await
+        .unwrap();
+    assert_eq!(back, b"still here");
+}
+
+#[tokio::test]
+async fn spdy_over_websocket_keeps_to_the_requested_ports() {
+    let port = echo_server().await;
+    let s = server().await;
+    let url = s
+        .get_port_forward(&PortForwardRequest {
+            pod_sandbox_id: "p1".into(),
+            port: vec![i32::from(port)],
+        })
+        .unwrap()
+        .url;
+    let conn = tunnel_connect(&url).await;
+    let other = if port == 65535 { 65534 } else { port + 1 };
+    let h = Headers::new()
+        .with("streamType", "error")
+        .with("port", &other.to_string())
+        .with("requestID", "0");
+    assert!(conn.open_stream(h).await.is_err());
+    let (mut data, _error) = pf_pair(&conn, port, 1).await;
+    data.writer.write(b"ok").await.unwrap();
+    data.writer.close().await.unwrap();
+    assert_eq!(read_all(&mut data).await, b"ok");
+    // The client leaving ends the tunnel cleanly.
+    conn.close().await;
+    tokio::time::timeout(TIMEOUT, conn.closed()).await.unwrap();
+}
+
+#[tokio::test]
+async fn channel_port_forward_still_needs_its_ports() {
+    let s = server().await;
+    let url = s
+        .get_port_forward(&PortForwardRequest {
+            pod_sandbox_id: "p1".into(),
+            port: vec![],
+        })
+        .unwrap()
+        .url;
+    let (_, status, _) = upgrade(
+        &url,
+        &[
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Protocol", "v4.channel.k8s.io"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
 #[tokio::test]
 async fn base_url_prefix_is_routed() {
     let s = server_with(StreamConfig {

@@ -101,53 +101,46 @@ pub(crate) const REMOTECOMMAND_PROTOCOLS: &[(&str, WsProtocol)] = &[
     ),
 ];
 
-/// Subprotocols the port-forward endpoint speaks over WebSocket.
-pub(crate) const PORTFORWARD_PROTOCOLS: &[(&str, WsProtocol)] = &[
-    (
-        "v4.channel.k8s.io",
-        WsProtocol {
-            base64: false,
-            version: 4,
-        },
-    ),
-    (
-        "v4.base64.channel.k8s.io",
-        WsProtocol {
-            base64: true,
-            version: 4,
-        },
-    ),
-    (
-        "channel.k8s.io",
-        WsProtocol {
-            base64: false,
-            version: 1,
-        },
-    ),
-    (
-        "base64.channel.k8s.io",
-        WsProtocol {
-            base64: true,
-            version: 1,
-        },
-    ),
+/// How a WebSocket port forward is carried, by subprotocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PortForwardWs {
+    /// One forwarded connection per requested port, on channel pairs.
+    Channels(WsProtocol),
+    /// A whole SPDY `portforward.k8s.io` session in binary messages
+    /// (`tunnel.rs`): what client-go's WebSocket dialer speaks.
+    SpdyTunnel,
+}
+
+const fn channels(base64: bool, version: u8) -> PortForwardWs {
+    PortForwardWs::Channels(WsProtocol { base64, version })
+}
+
+/// Subprotocols the port-forward endpoint speaks over WebSocket. The tunnel's
+/// is client-go's `SPDY/3.1+` prefix before the SPDY protocol's name.
+pub(crate) const PORTFORWARD_PROTOCOLS: &[(&str, PortForwardWs)] = &[
+    ("SPDY/3.1+portforward.k8s.io", PortForwardWs::SpdyTunnel),
+    ("v4.channel.k8s.io", channels(false, 4)),
+    ("v4.base64.channel.k8s.io", channels(true, 4)),
+    ("channel.k8s.io", channels(false, 1)),
+    ("base64.channel.k8s.io", channels(true, 1)),
 ];
 
+/// What no subprotocol at all means: the unnamed binary v1 protocol.
+pub(crate) const UNNAMED: WsProtocol = WsProtocol {
+    base64: false,
+    version: 1,
+};
+
 /// Picks the first of the client's offered subprotocols (in its order) that
-/// `supported` has. No offer at all means the unnamed binary v1 protocol;
-/// offers with no match mean refusal (`None`), as upstream's handshake.
-pub(crate) fn negotiate(
+/// `supported` has. No offer at all means `unnamed`; offers with no match
+/// mean refusal (`None`), as upstream's handshake.
+pub(crate) fn negotiate<T: Copy>(
     offered: &[String],
-    supported: &[(&'static str, WsProtocol)],
-) -> Option<(Option<&'static str>, WsProtocol)> {
+    supported: &[(&'static str, T)],
+    unnamed: T,
+) -> Option<(Option<&'static str>, T)> {
     if offered.is_empty() {
-        return Some((
-            None,
-            WsProtocol {
-                base64: false,
-                version: 1,
-            },
-        ));
+        return Some((None, unnamed));
     }
     offered.iter().find_map(|o| {
         supported
@@ -376,6 +369,7 @@ mod tests {
         let (name, p) = negotiate(
             &offers(&["v4.channel.k8s.io", "v5.channel.k8s.io"]),
             REMOTECOMMAND_PROTOCOLS,
+            UNNAMED,
         )
         .unwrap();
         assert_eq!(name, Some("v4.channel.k8s.io"));
@@ -383,15 +377,49 @@ mod tests {
         let (name, p) = negotiate(
             &offers(&["nope", "base64.channel.k8s.io"]),
             REMOTECOMMAND_PROTOCOLS,
+            UNNAMED,
         )
         .unwrap();
         assert_eq!(name, Some("base64.channel.k8s.io"));
         assert!(p.base64);
-        assert_eq!(negotiate(&offers(&["nope"]), REMOTECOMMAND_PROTOCOLS), None);
-        assert_eq!(negotiate(&[], REMOTECOMMAND_PROTOCOLS).unwrap().0, None);
         assert_eq!(
-            negotiate(&offers(&["v5.channel.k8s.io"]), PORTFORWARD_PROTOCOLS),
+            negotiate(&offers(&["nope"]), REMOTECOMMAND_PROTOCOLS, UNNAMED),
             None
+        );
+        assert_eq!(
+            negotiate(&[], REMOTECOMMAND_PROTOCOLS, UNNAMED).unwrap().0,
+            None
+        );
+        let pf_unnamed = PortForwardWs::Channels(UNNAMED);
+        assert_eq!(
+            negotiate(
+                &offers(&["v5.channel.k8s.io"]),
+                PORTFORWARD_PROTOCOLS,
+                pf_unnamed
+            ),
+            None
+        );
+        let tunnel = "SPDY/3.1+portforward.k8s.io";
+        assert_eq!(
+            negotiate(
+                &offers(&[tunnel, "v4.channel.k8s.io"]),
+                PORTFORWARD_PROTOCOLS,
+                pf_unnamed
+            ),
+            Some((
+                Some("SPDY/3.1+portforward.k8s.io"),
+                PortForwardWs::SpdyTunnel
+            ))
+        );
+        assert_eq!(
+            negotiate(
+                &offers(&["v4.channel.k8s.io", tunnel]),
+                PORTFORWARD_PROTOCOLS,
+                pf_unnamed
+            )
+            .unwrap()
+            .1,
+            channels(false, 4)
         );
     }
 
