@@ -538,7 +538,10 @@ fn bad_requests_get_clear_errors_and_leave_nothing() -> Result<()> {
             ensure!(e.code() == Code::NotFound, "{e:?}");
             // Nothing was left by the failed creates: the name is free again.
             let ok = create(&mut c, &pod, &pc, container_config("x", &["true"])).await?;
-            let dup = create(&mut c, &pod, &pc, container_config("x", &["true"]))
+            // The very same request again (a kubelet retry) gets the same
+            // container; another config under the same name is refused.
+            ensure!(create(&mut c, &pod, &pc, container_config("x", &["true"])).await? == ok);
+            let dup = create(&mut c, &pod, &pc, container_config("x", &["false"]))
                 .await
                 .err()
                 .context("duplicate container name")?;

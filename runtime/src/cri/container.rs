@@ -181,7 +181,25 @@ impl Daemon {
             meta.name, pod_meta.name, pod_meta.namespace, pod_meta.uid, meta.attempt
         );
         let id = new_id();
-        self.reserve_name(&name, &id, "container")?;
+        let encoded = config.encode_to_vec();
+        if let Err(e) = self.reserve_name(&name, &id, "container") {
+            // The kubelet's retry of a create that outlived its deadline
+            // (same pod, same config) gets that container, as CRI-O hands
+            // it over, instead of "name is reserved". Creates in one pod are
+            // serialized by the pod's lock, so the first one is done.
+            if let Some(holder) = self.name_holder(&name)
+                && let Ok(c) = self.container(&holder)
+            {
+                let r = lock(&c);
+                if r.phase == ContainerPhase::Created
+                    && r.sandbox_id == sb.id
+                    && r.config == encoded
+                {
+                    return Ok(r.id.clone());
+                }
+            }
+            return Err(e);
+        }
         let stop_signal = if config.stop_signal != v1::Signal::RuntimeDefault as i32 {
             v1::Signal::try_from(config.stop_signal)
                 .ok()
@@ -193,7 +211,7 @@ impl Daemon {
             id: id.clone(),
             sandbox_id: sb.id.clone(),
             name: name.clone(),
-            config: config.encode_to_vec(),
+            config: encoded,
             image: image
                 .repo_tags
                 .first()
