@@ -244,7 +244,9 @@ disabled_plugins = [
     }
 }
 
-fn kill_and_remove_cgroup(dir: &Path) {
+/// Kills every process in the cgroup `dir` and below, then removes the
+/// (now empty) cgroups, deepest first.
+pub fn kill_and_remove_cgroup(dir: &Path) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {

@@ -308,40 +308,11 @@ impl CriDaemon {
     fn cleanup(&mut self) {
         let _ = self.kill9();
         // Containers' processes, then their (now empty) cgroups.
-        let mut dirs = Vec::new();
         for root in self.cgroup_dirs() {
-            collect_dirs(&root, &mut dirs);
-        }
-        for d in &dirs {
-            if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
-                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
-        dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for d in &dirs {
-            while std::fs::remove_dir(d).is_err() && d.exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            crate::containerd::kill_and_remove_cgroup(&root);
         }
         for m in self.mounts() {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
-
-fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    out.push(dir.to_path_buf());
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                collect_dirs(&e.path(), out);
-            }
         }
     }
 }

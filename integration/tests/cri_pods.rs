@@ -298,6 +298,16 @@ fn a_pod_with_a_container_runs_execs_logs_and_stops() -> Result<()> {
                 .err()
                 .context("no timeout")?;
             ensure!(t.code() == Code::DeadlineExceeded, "{t:?}");
+            // A command that leaves a process behind returns when it exits,
+            // not when its leftover closes the output.
+            let started = std::time::Instant::now();
+            let r = exec(&mut c, &cid, &["sh", "-c", "sleep 600 & echo left"], 0).await?;
+            ensure!(r.exit_code == 0 && r.stdout == b"left\n", "{r:?}");
+            ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "{:?}",
+                started.elapsed()
+            );
 
             // The CRI log holds both streams.
             let log = d.log_dir("web").join("app.log");
@@ -866,6 +876,25 @@ fn exec_and_port_forward_through_the_streaming_server() -> Result<()> {
                 serde_json::from_slice(got.get(&3).context("no status")?)?;
             ensure!(status["reason"] == "NonZeroExitCode", "{status}");
             ensure!(status["details"]["causes"][0]["message"] == "3", "{status}");
+
+            // A leftover background process does not keep the session open.
+            let url = c
+                .runtime
+                .exec(v1::ExecRequest {
+                    container_id: cid.clone(),
+                    cmd: vec!["sh".into(), "-c".into(), "sleep 600 & echo bg".into()],
+                    stdout: true,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .url;
+            let mut ws = websocket(&ns, &url, "v5.channel.k8s.io").await?;
+            let got = drain(&mut ws).await?;
+            ensure!(
+                got.get(&1).map(Vec::as_slice) == Some(b"bg\n".as_slice()),
+                "{got:?}"
+            );
 
             // Exec with stdin: what goes in comes back.
             let url = c

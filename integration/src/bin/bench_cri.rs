@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use berth_integration::bench::{default_berth, percentile};
+use berth_integration::containerd::kill_and_remove_cgroup;
 use berth_integration::cri::{CriDaemon, Options};
 use berth_integration::exec::{Spawned, spawn_daemon};
 use berth_integration::images;
@@ -392,32 +393,6 @@ impl Drop for ContainerdCri {
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn kill_and_remove_cgroup(dir: &Path) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                kill_and_remove_cgroup(&e.path());
-            }
-        }
-    }
-    for _ in 0..50 {
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        let pids: Vec<i32> = procs
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect();
-        if pids.is_empty() {
-            break;
-        }
-        for p in pids {
-            // SAFETY: a process in a cgroup only our pods use.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = std::fs::remove_dir(dir);
 }
 
 async fn connect(

@@ -26,6 +26,10 @@ use super::spec::{self, HostDevice, PodView, SpecInput};
 use crate::container::EngineError;
 use crate::state::{StateError, Status as EngineStatus};
 
+/// What ExecSync returns of each stream at most, so the answer stays under
+/// the 16 MiB message limit (probes print a few lines).
+const EXEC_SYNC_OUTPUT_LIMIT: u64 = 6 << 20;
+
 /// Files larger than this in an image's /etc are not user databases.
 const USER_DB_LIMIT: u64 = 4 << 20;
 
@@ -762,27 +766,19 @@ impl Daemon {
             .arg(&pid_file)
             .arg(&cid)
             .args(&cmd);
-        c.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+        // Output goes to files, not pipes: a background process the command
+        // starts (`sleep 1000 &`) inherits them and would keep a pipe open,
+        // and the call with it, long after the command exited.
+        let out_path = tmp.path().join("stdout");
+        let err_path = tmp.path().join("stderr");
+        let open = |p: &Path| {
+            std::fs::File::create(p)
+                .map_err(|e| Status::internal(format!("exec output file {}: {e}", p.display())))
+        };
+        c.stdout(open(&out_path)?).stderr(open(&err_path)?);
         let mut child = c
             .spawn()
             .map_err(|e| Status::internal(format!("running the engine: {e}")))?;
-        let mut out_pipe = child.stdout.take();
-        let mut err_pipe = child.stderr.take();
-        let out_t = std::thread::spawn(move || {
-            let mut b = Vec::new();
-            if let Some(p) = out_pipe.as_mut() {
-                let _ = std::io::Read::read_to_end(p, &mut b);
-            }
-            b
-        });
-        let err_t = std::thread::spawn(move || {
-            let mut b = Vec::new();
-            if let Some(p) = err_pipe.as_mut() {
-                let _ = std::io::Read::read_to_end(p, &mut b);
-            }
-            b
-        });
         let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_secs(timeout as u64));
         let mut timed_out = false;
         let status = loop {
@@ -813,8 +809,17 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(2));
         };
-        let stdout = out_t.join().unwrap_or_default();
-        let stderr = err_t.join().unwrap_or_default();
+        let read = |p: &Path| -> Vec<u8> {
+            let mut b = Vec::new();
+            if let Ok(f) = std::fs::File::open(p) {
+                let _ = std::io::Read::read_to_end(
+                    &mut std::io::Read::take(f, EXEC_SYNC_OUTPUT_LIMIT),
+                    &mut b,
+                );
+            }
+            b
+        };
+        let (stdout, stderr) = (read(&out_path), read(&err_path));
         if timed_out {
             return Err(Status::deadline_exceeded(format!(
                 "command {cmd:?} timed out after {timeout} s"

@@ -18,6 +18,9 @@ use super::daemon::{Daemon, lock};
 use crate::state::Status as EngineStatus;
 use crate::stream::{Backend, BackendError, ExitCode, PortStream, StreamIo, TerminalSize};
 
+/// How long an exec's output may keep coming after the command exited.
+const OUTPUT_AFTER_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct StreamBackend {
     pub daemon: Arc<Daemon>,
 }
@@ -88,20 +91,38 @@ impl StreamBackend {
             })),
             _ => None,
         };
-        let out = async {
-            if let (Some(mut to), Some(mut from)) = (io.stdout, child.stdout.take()) {
-                let _ = tokio::io::copy(&mut from, &mut to).await;
-                let _ = to.flush().await;
+        let out = tokio::spawn({
+            let (to, from) = (io.stdout, child.stdout.take());
+            async move {
+                if let (Some(mut to), Some(mut from)) = (to, from) {
+                    let _ = tokio::io::copy(&mut from, &mut to).await;
+                    let _ = to.flush().await;
+                }
             }
-        };
-        let err = async {
-            if let (Some(mut to), Some(mut from)) = (io.stderr, child.stderr.take()) {
-                let _ = tokio::io::copy(&mut from, &mut to).await;
-                let _ = to.flush().await;
+        });
+        let err = tokio::spawn({
+            let (to, from) = (io.stderr, child.stderr.take());
+            async move {
+                if let (Some(mut to), Some(mut from)) = (to, from) {
+                    let _ = tokio::io::copy(&mut from, &mut to).await;
+                    let _ = to.flush().await;
+                }
             }
-        };
-        tokio::join!(out, err);
+        });
         let status = child.wait().await.map_err(io_err("waiting for exec"))?;
+        // A background process the command left may hold its output open:
+        // take what comes soon after the exit, then end the session.
+        let (out_abort, err_abort) = (out.abort_handle(), err.abort_handle());
+        if tokio::time::timeout(OUTPUT_AFTER_EXIT, async {
+            let _ = out.await;
+            let _ = err.await;
+        })
+        .await
+        .is_err()
+        {
+            out_abort.abort();
+            err_abort.abort();
+        }
         if let Some(t) = stdin_task {
             t.abort();
         }
