@@ -34,7 +34,9 @@ pub struct Monitor<'a> {
 
 /// How long output may keep arriving after the init exits (from processes that
 /// outlive it when the container shares a pid namespace).
-const DRAIN: Duration = Duration::from_secs(2);
+/// How long after the init's exit the monitor keeps reading output that a
+/// leftover process may still be writing.
+pub(crate) const DRAIN: Duration = Duration::from_secs(2);
 
 pub fn run(mut m: Monitor) {
     // The output pipes we hold open would keep the container's last writer from

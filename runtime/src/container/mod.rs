@@ -105,14 +105,16 @@ impl Engine {
         let mut exit = self.root.exit_record(id)?;
         let mut status = self.status_of(&st, exit.as_ref());
         // The init is gone but its monitor, still alive, has not recorded
-        // the exit yet (it is reaping): the record follows within moments,
-        // and a caller told "stopped" expects it.
+        // the exit yet: it records it once the output is drained (at most
+        // DRAIN later, more on a loaded machine), and a caller told
+        // "stopped" expects the record. The monitor exits right after
+        // writing it, so the wait ends early when there is nothing to wait for.
         if status == Status::Stopped
             && exit.is_none()
             && let Some(m) = st.monitor_pid
             && monitor_alive(m)
         {
-            let deadline = Instant::now() + Duration::from_millis(500);
+            let deadline = Instant::now() + crate::monitor::DRAIN + Duration::from_secs(3);
             while exit.is_none() && Instant::now() < deadline && monitor_alive(m) {
                 std::thread::sleep(Duration::from_millis(2));
                 exit = self.root.exit_record(id)?;
