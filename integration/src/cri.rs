@@ -44,6 +44,9 @@ pub struct Options {
     /// Leave out `--debug`: debug logging would be part of what a benchmark
     /// times.
     pub quiet: bool,
+    /// Put the state dir on its own tmpfs, as `/run/berth` is on a node
+    /// (benchmarks; unmounted with the rest on drop).
+    pub state_tmpfs: bool,
 }
 
 pub struct CriDaemon {
@@ -72,6 +75,17 @@ impl CriDaemon {
             "logs",
         ] {
             std::fs::create_dir_all(dir.path().join(d))?;
+        }
+        if opts.state_tmpfs {
+            let state = dir.path().join("state");
+            nix::mount::mount(
+                Some("tmpfs"),
+                &state,
+                Some("tmpfs"),
+                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                Some("mode=0711"),
+            )
+            .with_context(|| format!("mounting a tmpfs on {}", state.display()))?;
         }
         if opts.stale_socket {
             drop(std::os::unix::net::UnixListener::bind(

@@ -59,6 +59,8 @@ struct Args {
     berth: PathBuf,
     /// Lists the processes counted in the memory figures.
     show_processes: bool,
+    /// Skips containerd: berth's own figures only, for quick iterations.
+    berth_only: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -66,6 +68,7 @@ fn parse_args() -> Result<Args> {
     let mut pods = 20;
     let mut berth = None;
     let mut show_processes = false;
+    let mut berth_only = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -73,8 +76,9 @@ fn parse_args() -> Result<Args> {
             "--pods" => pods = it.next().context("--pods P")?.parse()?,
             "--berth" => berth = Some(PathBuf::from(it.next().context("--berth PATH")?)),
             "--show-processes" => show_processes = true,
+            "--berth-only" => berth_only = true,
             _ => bail!(
-                "usage: bench_cri [--n N (a multiple of {WORKERS})] [--pods P] [--berth PATH] [--show-processes]"
+                "usage: bench_cri [--n N (a multiple of {WORKERS})] [--pods P] [--berth PATH] [--show-processes] [--berth-only]"
             ),
         }
     }
@@ -100,6 +104,7 @@ fn parse_args() -> Result<Args> {
         pods,
         berth,
         show_processes,
+        berth_only,
     })
 }
 
@@ -235,9 +240,11 @@ impl ContainerdCri {
             run_dir_existed,
         };
         let d = c.dir.clone();
-        for sub in ["cni/net.d", "logs"] {
+        for sub in ["cni/net.d", "logs", "run"] {
             std::fs::create_dir_all(d.join(sub))?;
         }
+        // State on a tmpfs, as /run is on a node; berth's gets the same.
+        mount_tmpfs(&d.join("run"))?;
         std::fs::write(
             d.join("cni/net.d/10-bench.conflist"),
             serde_json::to_vec_pretty(conflist)?,
@@ -278,7 +285,7 @@ impl ContainerdCri {
         format!(
             r#"version = 2
 root = "{d}/root"
-state = "{d}/state"
+state = "{d}/run/state"
 disabled_plugins = [
   "io.containerd.snapshotter.v1.aufs",
   "io.containerd.snapshotter.v1.btrfs",
@@ -314,7 +321,7 @@ disabled_plugins = [
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         BinaryName = "{RUNC}"
-        Root = "{d}/runc"
+        Root = "{d}/run/runc"
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{d}/cni/bin"
@@ -897,9 +904,11 @@ fn print(figs: &[Figures], args: &Args, load: (&str, &str)) {
         "{:<34} {:>10} {:>11} {:>17}",
         "", "berth", "containerd", "berth/containerd"
     );
-    let row = |label: &str, b: f64, c: f64| {
-        println!("{label:<34} {b:>10.2} {c:>11.2} {:>17.2}", b / c);
+    let row = |label: &str, b: f64, c: Option<f64>| match c {
+        Some(c) => println!("{label:<34} {b:>10.2} {c:>11.2} {:>17.2}", b / c),
+        None => println!("{label:<34} {b:>10.2}"),
     };
+    let other = figs.get(1);
     type Sample = fn(&Figures) -> &Vec<Duration>;
     let samples: [(&str, Sample); 4] = [
         ("start", |f| &f.seq_start),
@@ -912,7 +921,7 @@ fn print(figs: &[Figures], args: &Args, load: (&str, &str)) {
             row(
                 &format!("{label} p{p} ms"),
                 ms(percentile(get(&figs[0]), p)),
-                ms(percentile(get(&figs[1]), p)),
+                other.map(|f| ms(percentile(get(f), p))),
             );
         }
         if i == 0 {
@@ -924,49 +933,53 @@ fn print(figs: &[Figures], args: &Args, load: (&str, &str)) {
                     let v: Vec<Duration> = f.seq_rpcs.iter().map(|r| r[k]).collect();
                     ms(percentile(&v, 50.0))
                 };
-                row(&format!("  {rpc} p50 ms"), p50(&figs[0]), p50(&figs[1]));
+                row(&format!("  {rpc} p50 ms"), p50(&figs[0]), other.map(p50));
             }
         }
     }
-    let (Some(mb), Some(mc)) = (&figs[0].mem, &figs[1].mem) else {
+    let Some(mb) = &figs[0].mem else {
         return;
     };
+    let mc = other.and_then(|f| f.mem.as_ref());
     let kib = |k: u64| k as f64 / MIB;
     row(
         "daemon RSS MiB, no pods",
         kib(mb.daemon_rss_idle_kib),
-        kib(mc.daemon_rss_idle_kib),
+        mc.map(|m| kib(m.daemon_rss_idle_kib)),
     );
     row(
         &format!("daemon RSS MiB, {} pods", args.pods),
         kib(mb.daemon_rss_kib),
-        kib(mc.daemon_rss_kib),
+        mc.map(|m| kib(m.daemon_rss_kib)),
     );
     row(
         "added per running pod, PSS MiB",
         mb.pss_per_pod_kib / MIB,
-        mc.pss_per_pod_kib / MIB,
+        mc.map(|m| m.pss_per_pod_kib / MIB),
     );
     row(
         "added per running pod, RSS MiB",
         mb.rss_per_pod_kib / MIB,
-        mc.rss_per_pod_kib / MIB,
+        mc.map(|m| m.rss_per_pod_kib / MIB),
     );
     row(
         "added per running pod, processes",
         mb.procs_per_pod,
-        mc.procs_per_pod,
+        mc.map(|m| m.procs_per_pod),
     );
 
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
-    let ratio = ms(percentile(&figs[0].seq_start, 50.0)) / ms(percentile(&figs[1].seq_start, 50.0));
+    let ratio = other
+        .map(|f| ms(percentile(&figs[0].seq_start, 50.0)) / ms(percentile(&f.seq_start, 50.0)));
     let rss = kib(mb.daemon_rss_kib.max(mb.daemon_rss_idle_kib));
     let pss = mb.pss_per_pod_kib / MIB;
     println!("\ngoals (issue 5)");
-    println!(
-        "start p50 berth/containerd <= 0.10:   {ratio:>6.2}  {}",
-        met(ratio <= 0.10)
-    );
+    if let Some(ratio) = ratio {
+        println!(
+            "start p50 berth/containerd <= 0.10:   {ratio:>6.2}  {}",
+            met(ratio <= 0.10)
+        );
+    }
     println!(
         "daemon RSS <= 20 MiB:                 {rss:>6.2}  {}",
         met(rss <= 20.0)
@@ -1002,11 +1015,17 @@ fn main() -> Result<()> {
     let upstream: SocketAddr = registry.addr().parse()?;
 
     let berth_ns = NetNs::new("bench-berth")?;
-    let ctrd_ns = NetNs::new("bench-ctrd")?;
+    let ctrd_ns = (!args.berth_only)
+        .then(|| NetNs::new("bench-ctrd"))
+        .transpose()?;
     let port = Forwarder::port(&berth_ns)?;
     let _fwd_berth = Forwarder::start(&berth_ns, port, upstream)?;
-    let _fwd_ctrd = Forwarder::start(&ctrd_ns, port, upstream)
-        .with_context(|| format!("port {port} taken in the containerd namespace; run again"))?;
+    let _fwd_ctrd = match &ctrd_ns {
+        Some(ns) => Some(Forwarder::start(ns, port, upstream).with_context(|| {
+            format!("port {port} taken in the containerd namespace; run again")
+        })?),
+        None => None,
+    };
     let local = format!("127.0.0.1:{port}");
     let busybox = format!("{local}/bench/busybox:1");
     let pause_ref = format!("{local}/bench/pause:1");
@@ -1018,22 +1037,26 @@ fn main() -> Result<()> {
         conflist: Some(conflist(ipam_berth.path())),
         berth: Some(args.berth.clone()),
         quiet: true,
+        state_tmpfs: true,
         ..Default::default()
     })?;
-    let mut ctrd = ContainerdCri::start(
-        &ctrd_ns,
-        &args.berth,
-        &local,
-        &pause_ref,
-        &conflist(ipam_ctrd.path()),
-    )?;
+    let mut ctrd = match &ctrd_ns {
+        Some(ns) => Some(ContainerdCri::start(
+            ns,
+            &args.berth,
+            &local,
+            &pause_ref,
+            &conflist(ipam_ctrd.path()),
+        )?),
+        None => None,
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
-        let targets = setup(&berth, &ctrd, &busybox, &pause_ref).await?;
+        let targets = setup(&berth, ctrd.as_ref(), &busybox, &pause_ref).await?;
         let figs = run(&targets, &args).await;
         let mut cleaned = Ok(());
         for t in &targets {
@@ -1047,9 +1070,13 @@ fn main() -> Result<()> {
         Ok::<_, anyhow::Error>(figs)
     });
     let result = result.map_err(|e| {
-        if !ctrd.alive() {
+        if let Some(ctrd) = &ctrd
+            && !ctrd.alive()
+        {
             e.context(format!("containerd exited; its log:\n{}", ctrd.log()))
-        } else if e.chain().any(|c| c.to_string().starts_with("containerd ")) {
+        } else if let Some(ctrd) = &ctrd
+            && e.chain().any(|c| c.to_string().starts_with("containerd "))
+        {
             e.context(format!("containerd log (last lines):\n{}", ctrd.log()))
         } else if e.chain().any(|c| c.to_string().starts_with("berth ")) {
             e.context(format!(
@@ -1063,7 +1090,9 @@ fn main() -> Result<()> {
     if let Err(e) = berth.terminate() {
         eprintln!("bench: stopping berth runtime: {e:#}");
     }
-    ctrd.shutdown();
+    if let Some(ctrd) = &mut ctrd {
+        ctrd.shutdown();
+    }
     let figs = result?;
     print(&figs, &args, (&load_before, &loadavg()));
     Ok(())
@@ -1073,7 +1102,7 @@ fn main() -> Result<()> {
 /// images over the CRI.
 async fn setup(
     berth: &CriDaemon,
-    ctrd: &ContainerdCri,
+    ctrd: Option<&ContainerdCri>,
     busybox: &str,
     pause: &str,
 ) -> Result<Vec<Target>> {
@@ -1089,6 +1118,11 @@ async fn setup(
         image: busybox.into(),
         log_dir: berth.path("logs"),
         cgroup_parent: "bench".into(),
+    };
+    ensure!(b.ready().await?, "berth runtime is not ready");
+    b.pull(busybox).await?;
+    let Some(ctrd) = ctrd else {
+        return Ok(vec![b]);
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     let c = loop {
@@ -1119,9 +1153,18 @@ async fn setup(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    ensure!(b.ready().await?, "berth runtime is not ready");
-    b.pull(busybox).await?;
     c.pull(busybox).await?;
     c.pull(pause).await?;
     Ok(vec![b, c])
+}
+
+fn mount_tmpfs(at: &Path) -> Result<()> {
+    nix::mount::mount(
+        Some("tmpfs"),
+        at,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some("mode=0711"),
+    )
+    .with_context(|| format!("mounting a tmpfs on {}", at.display()))
 }

@@ -272,12 +272,19 @@ fn find<T>(map: &HashMap<String, Shared<T>>, id: &str, what: &str) -> Result<Sha
 
 /// Runs a `berth oci` command, turning a failure into its stderr.
 ///
-/// Its stderr goes to an unlinked file, not a pipe: a process it leaves
+/// Its stderr goes to a memory file, not a pipe: a process it leaves
 /// behind (a container's init waiting to be started) may hold the
-/// descriptor, and a pipe would then never reach end of file.
+/// descriptor, and a pipe would then never reach end of file. (A memory
+/// file rather than an unlinked one on disk: no inode to allocate on every
+/// create.)
 pub fn run(mut cmd: Command, what: &str) -> Result<(), String> {
-    let mut errfile =
-        tempfile::tempfile().map_err(|e| format!("{what}: a file for the engine's errors: {e}"))?;
+    let mut errfile = std::fs::File::from(
+        nix::sys::memfd::memfd_create(
+            c"berth-engine-stderr",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .map_err(|e| format!("{what}: a file for the engine's errors: {e}"))?,
+    );
     let errclone = errfile
         .try_clone()
         .map_err(|e| format!("{what}: a file for the engine's errors: {e}"))?;

@@ -134,11 +134,7 @@ impl Daemon {
         // Held until the sandbox is made: a retry waits on it.
         let mut r = lock(&shared);
         lock(&self.sandboxes).insert(id.clone(), Arc::clone(&shared));
-        let made = self
-            .records
-            .save_sandbox(&r)
-            .map_err(|e| Status::internal(e.to_string()))
-            .and_then(|()| self.make_sandbox(&mut r, &config));
+        let made = self.make_sandbox(&mut r, &config);
         match made {
             Ok(()) => {
                 r.state = SandboxState::Ready;
@@ -208,6 +204,34 @@ impl Daemon {
                 .map_err(|e| Status::invalid_argument(format!("config.linux.sysctls: {e}")))?;
         }
 
+        // What is about to be made is recorded first, in one write, so that
+        // a restart after a crash knows what to undo; each undo step
+        // tolerates a part that was never made. (One write instead of one
+        // per step: every file written costs an inode on the pod's path.)
+        let state_dir = self.paths.pod_state_dir(&r.id);
+        let shm = (!host_ipc).then(|| state_dir.join("shm"));
+        r.shm = Some(shm.clone().unwrap_or_else(|| PathBuf::from("/dev/shm")));
+        let spec = NsSpec {
+            net: !host_net,
+            ipc: !host_ipc,
+            uts: !host_net,
+            hostname: own_hostname.then(|| hostname.clone()),
+            sysctls,
+        };
+        let ns_dir = state_dir.join("ns");
+        r.namespaces = namespaces::Pinned::planned(&ns_dir, &spec);
+        if !host_net {
+            r.network = Some(
+                self.network
+                    .config()
+                    .map_err(Status::failed_precondition)?
+                    .name,
+            );
+        }
+        self.records
+            .save_sandbox(r)
+            .map_err(|e| Status::internal(e.to_string()))?;
+
         // Files shared by the pod's containers.
         let dir = self.records.pod_dir(&r.id);
         let write = |name: &str, text: &str| -> Result<PathBuf, Status> {
@@ -237,22 +261,11 @@ impl Daemon {
             files::hosts(&hostname)
         };
         r.hosts_file = Some(write("hosts", &hosts)?);
-        self.records
-            .save_sandbox(r)
-            .map_err(|e| Status::internal(e.to_string()))?;
 
         // /dev/shm: the pod's own tmpfs, or the host's with host IPC.
-        let state_dir = self.paths.pod_state_dir(&r.id);
-        if host_ipc {
-            r.shm = Some(PathBuf::from("/dev/shm"));
-        } else {
-            let shm = state_dir.join("shm");
+        if let Some(shm) = shm {
             std::fs::create_dir_all(&shm)
                 .map_err(|e| Status::internal(format!("creating {}: {e}", shm.display())))?;
-            r.shm = Some(shm.clone());
-            self.records
-                .save_sandbox(r)
-                .map_err(|e| Status::internal(e.to_string()))?;
             nix::mount::mount(
                 Some("shm"),
                 &shm,
@@ -271,23 +284,12 @@ impl Daemon {
         }
 
         // Namespaces.
-        let spec = NsSpec {
-            net: !host_net,
-            ipc: !host_ipc,
-            uts: !host_net,
-            hostname: own_hostname.then(|| hostname.clone()),
-            sysctls,
-        };
-        let ns_dir = state_dir.join("ns");
         r.namespaces = namespaces::pin(&ns_dir, &spec).map_err(|e| match e {
             namespaces::NsError::Sysctl(s) => {
                 Status::invalid_argument(format!("config.linux.sysctls: {s}"))
             }
             other => Status::internal(format!("making the pod's namespaces: {other}")),
         })?;
-        self.records
-            .save_sandbox(r)
-            .map_err(|e| Status::internal(e.to_string()))?;
 
         // A shared process namespace needs a process to hold it.
         if mode(ns_options(config), |o| o.pid) == v1::NamespaceMode::Pod {
@@ -303,17 +305,9 @@ impl Daemon {
         }
 
         // The network, last: its ADD is the slowest and most likely to fail.
+        // (Its name was recorded above, so an interrupted ADD is undone on
+        // restart.)
         if let Some(netns) = r.namespaces.net.clone() {
-            let name = self
-                .network
-                .config()
-                .map_err(Status::failed_precondition)?
-                .name;
-            // Recorded before ADD, so an interrupted ADD is undone on restart.
-            r.network = Some(name);
-            self.records
-                .save_sandbox(r)
-                .map_err(|e| Status::internal(e.to_string()))?;
             let (_, ips) = self
                 .network
                 .setup(&r.id, &netns, config)

@@ -58,6 +58,17 @@ pub struct Pinned {
 }
 
 impl Pinned {
+    /// The files [`pin`] will make in `dir` for `spec`: recorded before it
+    /// runs, so that a crash in between leaves a record of what to undo.
+    pub fn planned(dir: &Path, spec: &NsSpec) -> Pinned {
+        let at = |own: bool, kind: &str| own.then(|| dir.join(kind));
+        Pinned {
+            net: at(spec.net, "net"),
+            ipc: at(spec.ipc, "ipc"),
+            uts: at(spec.uts, "uts"),
+        }
+    }
+
     pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
         self.net
             .iter()
@@ -216,4 +227,51 @@ pub fn is_pinned(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
         .map(|s| s.filesystem_type().0 == NSFS_MAGIC)
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(net: bool, ipc: bool, uts: bool) -> NsSpec {
+        NsSpec {
+            net,
+            ipc,
+            uts,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_plan_names_one_file_per_own_namespace() {
+        let p = Pinned::planned(Path::new("/s/ns"), &spec(true, false, true));
+        assert_eq!(p.net.as_deref(), Some(Path::new("/s/ns/net")));
+        assert_eq!(p.ipc, None);
+        assert_eq!(p.uts.as_deref(), Some(Path::new("/s/ns/uts")));
+        assert_eq!(
+            Pinned::planned(Path::new("/s/ns"), &spec(false, false, false)),
+            Pinned::default()
+        );
+    }
+
+    /// Needs root (CI runs as root): unshares on a thread and bind-mounts.
+    #[test]
+    fn pin_makes_what_was_planned_and_unpin_removes_it() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ns = dir.path().join("ns");
+        let s = spec(true, true, false);
+        let pinned = pin(&ns, &s).unwrap();
+        assert_eq!(pinned, Pinned::planned(&ns, &s));
+        for p in pinned.paths() {
+            assert!(is_pinned(p), "{} is not an nsfs mount", p.display());
+        }
+        for p in pinned.paths() {
+            unpin(p).unwrap();
+            assert!(!p.exists(), "{} left behind", p.display());
+        }
+    }
 }
