@@ -8,6 +8,8 @@ mod log;
 mod oci;
 mod runtime;
 
+use std::os::fd::AsFd;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -46,6 +48,9 @@ fn main() {
             Some(p) => berth_runtime::sandbox::pidns::init_main(std::path::Path::new(&p)),
             None => 2,
         }
+    } else if std::env::args().nth(1).as_deref() == Some(berth_runtime::forkserver::SUBCOMMAND) {
+        // The daemon's fork server; its stdin is the daemon's socket.
+        berth_runtime::forkserver::serve(std::io::stdin().as_fd(), run_forked)
     } else {
         match Cli::parse().command {
             Command::Oci(args) => oci::main(*args),
@@ -55,4 +60,25 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// A command line the fork server received, run in its forked child as if
+/// `berth` had been exec'd with it. Only `berth oci` commands are served.
+fn run_forked(args: Vec<std::ffi::OsString>) -> i32 {
+    let argv = std::iter::once(std::ffi::OsString::from("berth")).chain(args);
+    let code = match Cli::try_parse_from(argv) {
+        Ok(Cli {
+            command: Command::Oci(args),
+        }) => oci::main(*args),
+        Ok(_) => {
+            eprintln!("berth forkserver: only `berth oci` commands are served");
+            2
+        }
+        Err(e) => {
+            let _ = e.print();
+            e.exit_code()
+        }
+    };
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    code
 }

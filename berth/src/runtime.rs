@@ -53,6 +53,7 @@ pub struct Args {
 
 pub fn main(args: Args) -> i32 {
     init_logging(args.debug);
+    limit_malloc_arenas();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -206,4 +207,16 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
         };
         tracing::info!(signal = name, "shutting down");
     })
+}
+
+/// glibc gives each thread that allocates its own arena (up to eight per
+/// core), and memory freed into one arena is not reused by another: with the
+/// async workers and the blocking pool, a daemon that pulled an image and ran
+/// some pods would keep a dozen partly filled arenas. Two are plenty for a
+/// daemon whose threads mostly wait.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt takes two integers; called before any other thread exists.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) } != 1 {
+        tracing::debug!("mallopt(M_ARENA_MAX) refused; keeping glibc's arenas");
+    }
 }

@@ -8,6 +8,7 @@ pub mod console;
 pub mod container;
 pub mod cri;
 pub mod crilog;
+pub mod forkserver;
 pub mod hooks;
 pub mod id;
 pub mod image;

@@ -19,7 +19,7 @@ use prost::Message;
 use serde_json::json;
 use tonic::Status;
 
-use super::daemon::{Daemon, lock, run};
+use super::daemon::{Daemon, lock};
 use super::pod::{self, decode_config, labels_match};
 use super::records::{ContainerPhase, ContainerRecord, SandboxState, new_id, now_nanos};
 use super::spec::{self, HostDevice, PodView, SpecInput};
@@ -372,23 +372,24 @@ impl Daemon {
         let text = serde_json::to_vec(&spec).map_err(|e| Status::internal(e.to_string()))?;
         crate::state::write_atomic(&bundle.join("config.json"), &text)
             .map_err(|e| Status::internal(e.to_string()))?;
-        let mut cmd = self.oci();
-        cmd.arg("create").arg("--bundle").arg(&bundle);
+        let mut cmd = self.oci_args();
+        cmd.extend(["create".into(), "--bundle".into(), bundle.into()]);
         // Without a log path the output is dropped, as containerd does; the
         // container must not inherit this daemon's descriptors.
         let log = r
             .log_path
             .clone()
             .unwrap_or_else(|| PathBuf::from("/dev/null"));
-        cmd.arg("--cri-log").arg(log);
+        cmd.extend(["--cri-log".into(), log.into()]);
         if config.stdin {
-            cmd.arg("--cri-stdin");
+            cmd.push("--cri-stdin".into());
             if config.stdin_once {
-                cmd.arg("--cri-stdin-once");
+                cmd.push("--cri-stdin-once".into());
             }
         }
-        cmd.arg(&r.id);
-        run(cmd, "creating the container").map_err(Status::unknown)
+        cmd.push(r.id.clone().into());
+        self.run_engine(cmd, "creating the container")
+            .map_err(Status::unknown)
     }
 
     /// Removes whatever part of a container exists.

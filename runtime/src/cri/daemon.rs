@@ -8,6 +8,8 @@
 //! parallel.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -58,6 +60,9 @@ pub struct Daemon {
     /// The `berth` executable, run as `berth oci` to create containers and
     /// exec in them: a fork from this multi-threaded daemon would be unsafe.
     pub exe: PathBuf,
+    /// Runs `berth oci create` without an exec each time; None: it could not
+    /// be started, and commands are exec'd.
+    pub forkserver: Option<crate::forkserver::Client>,
     pub cgroup_root: String,
     pub sandboxes: Mutex<HashMap<String, Shared<SandboxRecord>>>,
     pub containers: Mutex<HashMap<String, Shared<ContainerRecord>>>,
@@ -91,6 +96,13 @@ impl Daemon {
             network: Network::new(&config.cni),
             paths,
             systemd_cgroup: config.cgroup.driver == CgroupDriver::Systemd,
+            forkserver: match crate::forkserver::Client::spawn(&exe) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no fork server; the engine is exec'd for each container");
+                    None
+                }
+            },
             exe,
             cgroup_root: config.cgroup.root.clone(),
             sandboxes: Mutex::new(HashMap::new()),
@@ -235,21 +247,53 @@ impl Daemon {
             .collect()
     }
 
+    /// The arguments of `berth oci` with this daemon's engine settings.
+    pub fn oci_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec![
+            "oci".into(),
+            "--root".into(),
+            self.paths.engine_root().into(),
+            "--cgroup-root".into(),
+            self.cgroup_root.clone().into(),
+            "--monitor".into(),
+            "always".into(),
+        ];
+        if self.systemd_cgroup {
+            a.push("--systemd-cgroup".into());
+        }
+        a
+    }
+
     /// `berth oci` with this daemon's engine settings.
     pub fn oci(&self) -> Command {
         let mut c = Command::new(&self.exe);
-        c.arg("oci")
-            .arg("--root")
-            .arg(self.paths.engine_root())
-            .arg("--cgroup-root")
-            .arg(&self.cgroup_root)
-            .arg("--monitor")
-            .arg("always");
-        if self.systemd_cgroup {
-            c.arg("--systemd-cgroup");
-        }
-        c.stdin(Stdio::null());
+        c.args(self.oci_args()).stdin(Stdio::null());
         c
+    }
+
+    /// Runs `berth <args>` (a `berth oci` command line), through the fork
+    /// server when there is one, turning a failure into its stderr.
+    pub fn run_engine(&self, args: Vec<OsString>, what: &str) -> Result<(), String> {
+        let errfile = std::fs::File::from(
+            nix::sys::memfd::memfd_create(
+                c"berth-engine-stderr",
+                nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+            )
+            .map_err(|e| format!("{what}: a file for the engine's errors: {e}"))?,
+        );
+        let code = match &self.forkserver {
+            Some(fs) => match fs.run(&args, errfile.as_fd()) {
+                Ok(code) => code,
+                // Never delivered, so never run: exec it instead.
+                Err(crate::forkserver::ForkServerError::NotSent(e)) => {
+                    tracing::warn!(error = %e, "the fork server is gone; exec'ing the engine");
+                    exec_code(&self.exe, &args, &errfile, what)?
+                }
+                Err(e) => return Err(format!("{what}: {e}")),
+            },
+            None => exec_code(&self.exe, &args, &errfile, what)?,
+        };
+        engine_result(code, errfile, what)
     }
 }
 
@@ -270,42 +314,50 @@ fn find<T>(map: &HashMap<String, Shared<T>>, id: &str, what: &str) -> Result<Sha
     }
 }
 
-/// Runs a `berth oci` command, turning a failure into its stderr.
+/// Execs `exe <args>` with `errfile` as stderr; its exit code (128 plus
+/// the signal for one that was killed).
 ///
 /// Its stderr goes to a memory file, not a pipe: a process it leaves
 /// behind (a container's init waiting to be started) may hold the
 /// descriptor, and a pipe would then never reach end of file. (A memory
 /// file rather than an unlinked one on disk: no inode to allocate on every
 /// create.)
-pub fn run(mut cmd: Command, what: &str) -> Result<(), String> {
-    let mut errfile = std::fs::File::from(
-        nix::sys::memfd::memfd_create(
-            c"berth-engine-stderr",
-            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
-        )
-        .map_err(|e| format!("{what}: a file for the engine's errors: {e}"))?,
-    );
+fn exec_code(
+    exe: &Path,
+    args: &[OsString],
+    errfile: &std::fs::File,
+    what: &str,
+) -> Result<i32, String> {
     let errclone = errfile
         .try_clone()
         .map_err(|e| format!("{what}: a file for the engine's errors: {e}"))?;
-    let status = cmd
+    let status = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(errclone))
         .status()
         .map_err(|e| format!("{what}: running the engine: {e}"))?;
-    if status.success() {
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Success, or the engine's stderr as the error.
+fn engine_result(code: i32, mut errfile: std::fs::File, what: &str) -> Result<(), String> {
+    if code == 0 {
         return Ok(());
     }
     let mut text = String::new();
     use std::io::{Read, Seek};
     let _ = errfile.seek(std::io::SeekFrom::Start(0));
     let _ = errfile.take(64 * 1024).read_to_string(&mut text);
-    let out_status = status;
     let text = text.trim();
     Err(format!(
         "{what}: {}",
         if text.is_empty() {
-            format!("the engine exited with {out_status}")
+            format!("the engine exited with code {code}")
         } else {
             text.strip_prefix("berth-oci: ").unwrap_or(text).to_string()
         }
