@@ -225,9 +225,12 @@ struct CreateArgs {
     #[arg(long = "preserve-fds", default_value_t = 0)]
     preserve_fds: i32,
     /// Write the container's stdout and stderr to this file in the CRI log format.
+    /// With process.terminal the monitor holds the terminal (no
+    /// --console-socket) and logs its output as stdout.
     #[arg(long = "cri-log")]
     cri_log: Option<PathBuf>,
-    /// With --cri-log: a stdin pipe that attach clients write to.
+    /// With --cri-log: a stdin pipe that attach clients write to (with a
+    /// terminal, their input is typed into it).
     #[arg(long = "cri-stdin", requires = "cri_log")]
     cri_stdin: bool,
     /// With --cri-stdin: close the container's stdin when the first attach

@@ -194,3 +194,76 @@ fn cri_log_time_parser_accepts_fixed_and_trimmed_fractions() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn cri_log_with_a_terminal_needs_no_console_socket() -> Result<()> {
+    use berth_runtime::attach::{self, Winsize};
+    use berth_runtime::crilog::Stream;
+    use std::io::Write;
+    if skip_unless_berth("--cri-log")? {
+        return Ok(());
+    }
+    let rt = Runtime::with_globals(&["--monitor", "always"])?;
+    let id = unique_id("crilogtty");
+    let spec = Spec::sh(
+        &id,
+        "stty size; read line; echo \"got $line\"; [ -t 2 ] && echo stderr-too >&2",
+    )
+    .terminal(true);
+    let b = Bundle::new(&spec)?;
+    let log = rt.scratch().join("tty.log");
+    let log_arg = log.to_str().context("log path")?;
+
+    // Both ways of holding the terminal at once is refused.
+    let sock = rt.scratch().join("unused.sock");
+    let out = rt.cmd(&[
+        "create",
+        "--bundle",
+        b.path_str(),
+        "--cri-log",
+        log_arg,
+        "--console-socket",
+        sock.to_str().context("socket path")?,
+        &id,
+    ])?;
+    ensure!(!out.success(), "{out}");
+    ensure!(out.stderr.contains("console-socket"), "{out}");
+
+    rt.create_with(&id, &b, &["--cri-log", log_arg, "--cri-stdin"])?;
+    let dir = rt.root().join(&id);
+    attach::connect_winsize(&dir)?.write_all(
+        &Winsize {
+            rows: 40,
+            cols: 100,
+        }
+        .to_message(),
+    )?;
+    let mut client = attach::connect(&dir)?;
+    rt.start(&id)?;
+    client.write_all(b"hello\n")?;
+    let mut out = Vec::new();
+    while let Some((stream, data)) = attach::read_frame(&mut client)? {
+        ensure!(stream == Stream::Stdout, "a terminal frame as {stream:?}");
+        out.extend_from_slice(&data);
+    }
+    let out = String::from_utf8_lossy(&out);
+    ensure!(out.contains("40 100\r\n"), "{out:?}");
+    ensure!(out.contains("got hello\r\n"), "{out:?}");
+    ensure!(out.contains("stderr-too\r\n"), "{out:?}");
+    rt.wait_status(&id, "stopped", Duration::from_secs(20))?;
+
+    let text = wait_until(Duration::from_secs(10), "the output in the log", || {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        Ok(t.contains("stderr-too").then_some(t))
+    })?;
+    let entries = parse_log(&text)?;
+    ensure!(entries.iter().all(|e| e.stream == "stdout"), "{text}");
+    let lines: Vec<String> = lines_of(&entries, "stdout")
+        .into_iter()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .collect();
+    ensure!(lines.contains(&"got hello".to_string()), "{lines:?}");
+    ensure!(lines.contains(&"40 100".to_string()), "{lines:?}");
+    rt.delete(&id)?;
+    Ok(())
+}

@@ -1012,3 +1012,212 @@ fn exec_and_port_forward_through_the_streaming_server() -> Result<()> {
         })
         .with_context(|| format!("daemon log:\n{}", d.log()))
 }
+
+/// Whether `out` (terminal output) has `line` as a whole line.
+fn has_line(out: &[u8], line: &str) -> bool {
+    String::from_utf8_lossy(out)
+        .split('\n')
+        .any(|l| l.trim_end_matches('\r') == line)
+}
+
+/// Collects channel data from `ws` for `window`; true once the server closed.
+async fn collect_for(
+    ws: &mut Ws,
+    out: &mut HashMap<u8, Vec<u8>>,
+    window: Duration,
+) -> Result<bool> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let until = tokio::time::Instant::now() + window;
+    loop {
+        let msg = match tokio::time::timeout_at(until, ws.next()).await {
+            Err(_) => return Ok(false),
+            Ok(None) => return Ok(true),
+            Ok(Some(m)) => m?,
+        };
+        match msg {
+            Message::Binary(b) if !b.is_empty() => {
+                out.entry(b[0]).or_default().extend_from_slice(&b[1..]);
+            }
+            Message::Close(_) => return Ok(true),
+            _ => {}
+        }
+    }
+}
+
+/// The CRI log's entries as (stream, content) once `want` shows up in one.
+async fn log_entries(path: &Path, want: &str) -> Result<Vec<(String, String)>> {
+    let mut entries = Vec::new();
+    for _ in 0..250 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        entries = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(4, ' ');
+                let (_time, stream, _tag) = (f.next()?, f.next()?, f.next()?);
+                Some((stream.to_string(), f.next().unwrap_or("").to_string()))
+            })
+            .collect::<Vec<_>>();
+        if entries
+            .iter()
+            .any(|(_, c)| c.trim_end_matches('\r') == want)
+        {
+            return Ok(entries);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("{want:?} never reached {}: {entries:?}", path.display())
+}
+
+#[test]
+fn a_tty_container_attaches_resizes_and_logs_its_terminal() -> Result<()> {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let node = node()?;
+    let d = &node.daemon;
+    let ns = node._netns.path();
+    rt()?
+        .block_on(async {
+            let mut c = d.clients().await?;
+            let pc = pod_config(d, "tty");
+            let pod = run_pod(&mut c, &pc).await?;
+            // `kubectl run -it`: an interactive shell on a terminal, its
+            // input ended when the first client detaches.
+            let mut cc = container_config("shell", &["sh"]);
+            cc.tty = true;
+            cc.stdin = true;
+            cc.stdin_once = true;
+            let shell = create(&mut c, &pod, &pc, cc).await?;
+            c.runtime
+                .start_container(v1::StartContainerRequest {
+                    container_id: shell.clone(),
+                })
+                .await?;
+            let url = c
+                .runtime
+                .attach(v1::AttachRequest {
+                    container_id: shell.clone(),
+                    stdin: true,
+                    stdout: true,
+                    stderr: false,
+                    tty: true,
+                })
+                .await?
+                .into_inner()
+                .url;
+            let mut ws = websocket(&ns, &url, "v5.channel.k8s.io").await?;
+            let resize = serde_json::to_vec(&json!({"Width": 77, "Height": 33}))?;
+            ws.send(Message::Binary([&[4u8][..], &resize].concat().into()))
+                .await?;
+            // The size and the input reach the container on separate
+            // sockets: ask until the shell has seen the new size.
+            let mut got = HashMap::new();
+            let mut sized = false;
+            for _ in 0..20 {
+                ws.send(Message::Binary(
+                    [&[0u8][..], b"stty size\n"].concat().into(),
+                ))
+                .await?;
+                let closed = collect_for(&mut ws, &mut got, Duration::from_millis(300)).await?;
+                ensure!(!closed, "the session ended: {got:?}");
+                if has_line(got.get(&1).map_or(&[][..], Vec::as_slice), "33 77") {
+                    sized = true;
+                    break;
+                }
+            }
+            ensure!(sized, "the shell never saw 33x77: {got:?}");
+            ws.send(Message::Binary([&[0u8][..], b"echo hi\n"].concat().into()))
+                .await?;
+            for _ in 0..50 {
+                if has_line(got.get(&1).map_or(&[][..], Vec::as_slice), "hi") {
+                    break;
+                }
+                collect_for(&mut ws, &mut got, Duration::from_millis(200)).await?;
+            }
+            ensure!(
+                has_line(got.get(&1).map_or(&[][..], Vec::as_slice), "hi"),
+                "{got:?}"
+            );
+            // v5: close stdin. stdin_once types an EOT, which ends the shell,
+            // and its exit ends the session.
+            ws.send(Message::Binary(vec![255u8, 0].into())).await?;
+            let rest = drain(&mut ws).await?;
+            for (ch, data) in rest {
+                got.entry(ch).or_default().extend_from_slice(&data);
+            }
+            ensure!(!got.contains_key(&2), "stderr from a terminal: {got:?}");
+            let s = wait_state(&mut c, &shell, v1::ContainerState::ContainerExited).await?;
+            ensure!(s.exit_code == 0, "{s:?}");
+
+            // The log holds the terminal's output as stdout.
+            let entries = log_entries(&d.log_dir("tty").join("shell.log"), "hi").await?;
+            ensure!(
+                entries.iter().all(|(stream, _)| stream == "stdout"),
+                "{entries:?}"
+            );
+            ensure!(
+                entries
+                    .iter()
+                    .any(|(_, c)| c.trim_end_matches('\r') == "33 77"),
+                "{entries:?}"
+            );
+            c.runtime
+                .remove_pod_sandbox(v1::RemovePodSandboxRequest {
+                    pod_sandbox_id: pod,
+                })
+                .await?;
+            Ok(())
+        })
+        .with_context(|| format!("daemon log:\n{}", d.log()))
+}
+
+#[test]
+fn a_tty_container_without_stdin_logs_its_output() -> Result<()> {
+    let node = node()?;
+    let d = &node.daemon;
+    rt()?
+        .block_on(async {
+            let mut c = d.clients().await?;
+            let pc = pod_config(d, "ttyout");
+            let pod = run_pod(&mut c, &pc).await?;
+            let mut cc = container_config(
+                "printer",
+                &[
+                    "sh",
+                    "-c",
+                    "echo printed; [ -t 1 ] && echo on-a-terminal; echo to-stderr >&2",
+                ],
+            );
+            cc.tty = true;
+            let cid = create(&mut c, &pod, &pc, cc).await?;
+            c.runtime
+                .start_container(v1::StartContainerRequest {
+                    container_id: cid.clone(),
+                })
+                .await?;
+            let s = wait_state(&mut c, &cid, v1::ContainerState::ContainerExited).await?;
+            ensure!(s.exit_code == 0, "{s:?}");
+            let entries =
+                log_entries(&d.log_dir("ttyout").join("printer.log"), "to-stderr").await?;
+            let lines: Vec<_> = entries
+                .iter()
+                .map(|(stream, c)| (stream.as_str(), c.trim_end_matches('\r')))
+                .collect();
+            ensure!(
+                lines
+                    == [
+                        ("stdout", "printed"),
+                        ("stdout", "on-a-terminal"),
+                        ("stdout", "to-stderr")
+                    ],
+                "{lines:?}"
+            );
+            c.runtime
+                .remove_pod_sandbox(v1::RemovePodSandboxRequest {
+                    pod_sandbox_id: pod,
+                })
+                .await?;
+            Ok(())
+        })
+        .with_context(|| format!("daemon log:\n{}", d.log()))
+}

@@ -1,6 +1,7 @@
 //! berth's per-container monitor: the init's parent once `create` returns.
 //!
-//! A single-threaded loop over a signalfd and the container's output pipes. It
+//! A single-threaded loop over a signalfd and the container's output (its
+//! stdout and stderr pipes, or the master of its terminal). It
 //! reaps the init (and any orphan it adopts as a child subreaper), copies output
 //! into the CRI log, and on the init's exit writes `exit.json` (code, signal,
 //! OOM, start and finish times) into the state dir, then exits. It keeps no
@@ -24,8 +25,9 @@ pub struct Monitor<'a> {
     pub init_pid: i32,
     pub state_dir: PathBuf,
     pub signals: SignalFd,
-    /// Read ends of the container's stdout and stderr.
-    pub pipes: Option<(OwnedFd, OwnedFd)>,
+    /// What the container writes: the read ends of its stdout and stderr
+    /// pipes, or the master of its terminal as stdout.
+    pub output: Vec<(OwnedFd, Stream)>,
     pub log: Option<CriLogWriter>,
     pub cgroup: &'a dyn Cgroup,
     /// Attach clients (CRI Attach) and the container's stdin.
@@ -41,10 +43,7 @@ pub(crate) const DRAIN: Duration = Duration::from_secs(2);
 pub fn run(mut m: Monitor) {
     // The output pipes we hold open would keep the container's last writer from
     // seeing EPIPE; that is intended: we read until they close.
-    let mut streams: Vec<(OwnedFd, Stream)> = match m.pipes.take() {
-        Some((out, err)) => vec![(out, Stream::Stdout), (err, Stream::Stderr)],
-        None => Vec::new(),
-    };
+    let mut streams = std::mem::take(&mut m.output);
     let mut exited: Option<(WaitStatus, SystemTime)> = None;
     let mut deadline: Option<Instant> = None;
     let mut buf = vec![0u8; 32 * 1024];
@@ -58,8 +57,8 @@ pub fn run(mut m: Monitor) {
             fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
         }
         let attach_fds: Vec<_> = m.attach.as_ref().map(|a| a.poll_fds()).unwrap_or_default();
-        for fd in &attach_fds {
-            fds.push(PollFd::new(*fd, PollFlags::POLLIN));
+        for (fd, flags) in &attach_fds {
+            fds.push(PollFd::new(*fd, *flags));
         }
         let timeout = if exited.is_some() {
             PollTimeout::from(100u16)
@@ -84,9 +83,9 @@ pub fn run(mut m: Monitor) {
             if !ready[i + 1] {
                 continue;
             }
-            match nix::unistd::read(fd, &mut buf) {
-                Ok(0) => closed.push(i),
-                Ok(n) => {
+            match read_output(fd, &mut buf) {
+                Output::End => closed.push(i),
+                Output::Data(n) => {
                     if let Some(a) = m.attach.as_mut() {
                         a.broadcast(*stream, &buf[..n]);
                     }
@@ -96,8 +95,7 @@ pub fn run(mut m: Monitor) {
                         tracing::warn!(error = %e, "writing the CRI log");
                     }
                 }
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
-                Err(_) => closed.push(i),
+                Output::Later => {}
             }
         }
         for i in closed.into_iter().rev() {
@@ -152,6 +150,28 @@ pub fn run(mut m: Monitor) {
     }
 }
 
+/// What one read of an output stream gave.
+#[derive(Debug, PartialEq, Eq)]
+enum Output {
+    Data(usize),
+    /// Nothing yet (a spurious wakeup, or a non-blocking terminal).
+    Later,
+    End,
+}
+
+fn read_output(fd: &OwnedFd, buf: &mut [u8]) -> Output {
+    match nix::unistd::read(fd, buf) {
+        Ok(0) => Output::End,
+        Ok(n) => Output::Data(n),
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => Output::Later,
+        // A terminal's master reads EIO, not end of file, once every
+        // descriptor of its slave is closed: the container and whatever
+        // shared its terminal have exited. Any other error ends the stream
+        // too; polling it again would only spin.
+        Err(_) => Output::End,
+    }
+}
+
 /// Drops the monitor's mappings of clean, file-backed code and data that setup
 /// faulted in (the create path touches much of the binary; the loop needs
 /// little of it), so each container's monitor stays small. Only mappings with
@@ -194,5 +214,44 @@ pub fn shed_clean_mappings() {
         // clean page-cache pages; MADV_DONTNEED unmaps them and later accesses
         // fault the same file contents back in.
         unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terminal_ends_when_its_slave_closes() {
+        let pty = crate::console::open_pty(0, 0).unwrap();
+        nix::unistd::write(&pty.slave, b"bye\n").unwrap();
+        drop(pty.slave);
+        let mut buf = [0u8; 64];
+        // What was written before the close still comes, then the end
+        // (EIO on the master).
+        let mut got = Vec::new();
+        loop {
+            match read_output(&pty.master, &mut buf) {
+                Output::Data(n) => got.extend_from_slice(&buf[..n]),
+                Output::Later => continue,
+                Output::End => break,
+            }
+        }
+        // The terminal turns the newline into CR LF (ONLCR).
+        assert_eq!(got, b"bye\r\n");
+        assert_eq!(
+            nix::unistd::read(&pty.master, &mut buf),
+            Err(nix::errno::Errno::EIO)
+        );
+    }
+
+    #[test]
+    fn a_pipe_ends_at_end_of_file() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, b"x").unwrap();
+        drop(w);
+        let mut buf = [0u8; 8];
+        assert_eq!(read_output(&r, &mut buf), Output::Data(1));
+        assert_eq!(read_output(&r, &mut buf), Output::End);
     }
 }

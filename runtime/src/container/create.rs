@@ -23,6 +23,7 @@ use super::init::{self, InitConfig, Kind};
 use super::{Engine, EngineError, Result, io, sys};
 use crate::bundle::Bundle;
 use crate::cgroups::{self, Cgroup};
+use crate::crilog::Stream;
 use crate::process::CapSets;
 use crate::state::{self, ContainerState};
 
@@ -49,7 +50,9 @@ pub struct CreateOptions {
     pub cri_log: Option<PathBuf>,
     /// With a CRI log: give the container a stdin pipe that attach clients
     /// write to (the CRI's `stdin`), closed after the first client detaches
-    /// with `cri_stdin_once`.
+    /// with `cri_stdin_once`. With `process.terminal` the monitor holds the
+    /// terminal instead of a console socket, and input is typed into it
+    /// (see [`crate::attach`]).
     pub cri_stdin: bool,
     pub cri_stdin_once: bool,
     pub monitor: MonitorMode,
@@ -107,10 +110,21 @@ impl Engine {
                 message: "a CRI log needs berth's monitor".into(),
             });
         }
-        if process.terminal().unwrap_or(false) && o.console_socket.is_none() {
+        let terminal = process.terminal().unwrap_or(false);
+        if terminal && o.console_socket.is_none() && o.cri_log.is_none() {
             return Err(EngineError::Setup {
                 id: o.id.clone(),
-                message: "process.terminal is set: --console-socket is required".into(),
+                message: "process.terminal is set: --console-socket is required \
+                          (or --cri-log, with which berth's monitor holds the terminal)"
+                    .into(),
+            });
+        }
+        if terminal && o.console_socket.is_some() && o.cri_log.is_some() {
+            return Err(EngineError::Setup {
+                id: o.id.clone(),
+                message: "process.terminal with --cri-log: the monitor holds the terminal, \
+                          so --console-socket cannot be given too"
+                    .into(),
             });
         }
         let dir = self.root.reserve(&o.id)?;
@@ -273,22 +287,40 @@ impl Engine {
             }
             None => None,
         };
-        let pipes = if log.is_some() {
+        let terminal = cfg.process.terminal().unwrap_or(false);
+        let mut mon_io = MonitorIo {
+            log,
+            pipes: None,
+            stdin: None,
+            console: None,
+            terminal_input: false,
+            stdin_once: o.cri_stdin_once,
+        };
+        if mon_io.log.is_some() && terminal {
+            // The pty is the container's stdio: the init sends its master
+            // here, as it would to a console socket.
+            let (ours, theirs) = nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Stream,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(sys("socketpair"))?;
+            cfg.console = Some(theirs);
+            mon_io.console = Some(ours);
+            mon_io.terminal_input = o.cri_stdin;
+        } else if mon_io.log.is_some() {
             let out = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
             let err = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
             cfg.stdio = Some((out.1, err.1));
-            Some((out.0, err.0))
-        } else {
-            None
-        };
-        let stdin_w = if log.is_some() && o.cri_stdin {
-            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
-            cfg.stdin = Some(r);
-            Some(w)
-        } else {
-            None
-        };
-        let attach = (log.is_some()).then_some((stdin_w, o.cri_stdin_once));
+            mon_io.pipes = Some((out.0, err.0));
+            if o.cri_stdin {
+                let (r, w) =
+                    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+                cfg.stdin = Some(r);
+                mon_io.stdin = Some(w);
+            }
+        }
         // SAFETY: the CLI is single-threaded when it creates containers.
         match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
             ForkResult::Child => {
@@ -299,9 +331,8 @@ impl Engine {
                 // SAFETY: still single-threaded.
                 match unsafe { nix::unistd::fork() } {
                     Ok(ForkResult::Child) => {
-                        let code = self.monitor_main(
-                            cfg, cg, record, dir, mode, middle, report_w, pipes, log, attach,
-                        );
+                        let code =
+                            self.monitor_main(cfg, cg, record, dir, mode, middle, report_w, mon_io);
                         // SAFETY: ends the monitor without unwinding into the CLI's main.
                         unsafe { libc::_exit(code) }
                     }
@@ -312,8 +343,7 @@ impl Engine {
             ForkResult::Parent { child } => {
                 drop(report_w);
                 drop(cfg);
-                drop(pipes);
-                drop(attach);
+                drop(mon_io);
                 let _ = nix::sys::wait::waitpid(child, None);
                 let mut buf = Vec::new();
                 std::fs::File::from(report_r)
@@ -341,10 +371,16 @@ impl Engine {
         mode: MonitorMode,
         middle: Pid,
         report: OwnedFd,
-        pipes: Option<(OwnedFd, OwnedFd)>,
-        log: Option<crate::crilog::CriLogWriter>,
-        attach: Option<(Option<OwnedFd>, bool)>,
+        mon_io: MonitorIo,
     ) -> i32 {
+        let MonitorIo {
+            log,
+            pipes,
+            stdin,
+            console,
+            terminal_input,
+            stdin_once,
+        } = mon_io;
         let mut report = std::fs::File::from(report);
         let sfd = match super::wait::block_signals() {
             Ok(s) => s,
@@ -367,7 +403,15 @@ impl Engine {
             record.monitor_pid = Some(std::process::id() as i32);
         }
         let result = self.spawn_and_record(cfg, cg, record, dir);
-        let result = result.and_then(|mut st| {
+        // The init sent its terminal's master before it reported ready, and
+        // nobody holds the init's end of the pair any more (the init closed
+        // it, our copy went with `cfg`): the master is queued, or the read
+        // ends at once.
+        let result = result.and_then(|st| match console {
+            Some(sock) => receive_terminal(sock, &st.id, terminal_input).map(|t| (st, Some(t))),
+            None => Ok((st, None)),
+        });
+        let result = result.and_then(|(mut st, terminal)| {
             // The intermediate exits right after forking us, so by now (the
             // container is made) we are orphaned; see who adopted us.
             let mut spins = 0;
@@ -379,11 +423,13 @@ impl Engine {
                 st.monitor_pid = None;
                 state::write_json(&dir.join(state::STATE_FILE), &st)?;
             }
-            Ok(st)
+            Ok((st, terminal))
         });
-        let stand_aside = result.as_ref().is_ok_and(|st| st.monitor_pid.is_none());
-        let st = match result {
-            Ok(st) => st,
+        let stand_aside = result
+            .as_ref()
+            .is_ok_and(|(st, _)| st.monitor_pid.is_none());
+        let (st, terminal) = match result {
+            Ok(r) => r,
             Err(e) => {
                 let _ = report.write_all(
                     &serde_json::to_vec(&Err::<ContainerState, _>(e.to_string()))
@@ -392,12 +438,15 @@ impl Engine {
                 return 1;
             }
         };
-        // Bound before the report, so the socket exists once create returns.
-        let attach_server = attach.and_then(|(stdin, once)| {
-            crate::attach::AttachServer::bind(dir, stdin, once)
-                .map_err(|e| tracing::warn!(id = %st.id, error = %e, "no attach socket"))
-                .ok()
-        });
+        let (output, attach_server) = if let Some(t) = terminal {
+            let server = bind_attach(dir, &st.id, t.input, stdin_once, Some(t.resize));
+            (vec![(t.master, Stream::Stdout)], server)
+        } else if let Some((out, err)) = pipes {
+            let server = bind_attach(dir, &st.id, stdin, stdin_once, None);
+            (vec![(out, Stream::Stdout), (err, Stream::Stderr)], server)
+        } else {
+            (Vec::new(), None)
+        };
         let _ =
             report.write_all(&serde_json::to_vec(&Ok::<_, String>(st.clone())).unwrap_or_default());
         drop(report);
@@ -422,13 +471,85 @@ impl Engine {
             init_pid: st.pid,
             state_dir: dir.to_owned(),
             signals: sfd,
-            pipes,
+            output,
             log,
             cgroup: cg,
             attach: attach_server,
         });
         0
     }
+}
+
+/// What the monitor copies and serves, made before the fork.
+struct MonitorIo {
+    log: Option<crate::crilog::CriLogWriter>,
+    /// Read ends of the container's stdout and stderr pipes.
+    pipes: Option<(OwnedFd, OwnedFd)>,
+    /// Write end of the container's stdin pipe.
+    stdin: Option<OwnedFd>,
+    /// For a container with a terminal: where the init sends its master.
+    console: Option<OwnedFd>,
+    /// Attach clients type into the terminal (the container has stdin).
+    terminal_input: bool,
+    stdin_once: bool,
+}
+
+/// The terminal of a container whose monitor holds it: one descriptor of
+/// the master for each use.
+struct Terminal {
+    /// Read for the container's output.
+    master: OwnedFd,
+    /// Resized through the winsize socket.
+    resize: OwnedFd,
+    /// Attach input is typed into it (the container has stdin).
+    input: Option<OwnedFd>,
+}
+
+/// Takes the pty master the init sent on the console socket pair.
+fn receive_terminal(sock: OwnedFd, id: &str, with_input: bool) -> Result<Terminal> {
+    let sock = std::os::unix::net::UnixStream::from(sock);
+    // The message is already queued; the bound only guards against a
+    // mistake elsewhere turning into a monitor that never reports.
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(io("console socket"))?;
+    let master = crate::console::receive_master(&sock).map_err(|e| EngineError::Setup {
+        id: id.to_string(),
+        message: e.to_string(),
+    })?;
+    // The poll loop reads it, and attach input is written to it, without
+    // blocking (the flag is shared by every descriptor of the master).
+    let flags = nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_GETFL).map_err(sys("fcntl"))?;
+    nix::fcntl::fcntl(
+        &master,
+        nix::fcntl::FcntlArg::F_SETFL(
+            nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK,
+        ),
+    )
+    .map_err(sys("fcntl"))?;
+    let dup = |m: &OwnedFd| m.try_clone().map_err(io("duplicating the pty master"));
+    Ok(Terminal {
+        resize: dup(&master)?,
+        input: if with_input {
+            Some(dup(&master)?)
+        } else {
+            None
+        },
+        master,
+    })
+}
+
+/// Binds the attach socket, before the report so it exists once create
+/// returns; without it the container still runs and logs.
+fn bind_attach(
+    dir: &Path,
+    id: &str,
+    stdin: Option<OwnedFd>,
+    stdin_once: bool,
+    terminal: Option<OwnedFd>,
+) -> Option<crate::attach::AttachServer> {
+    crate::attach::AttachServer::bind(dir, stdin, stdin_once, terminal)
+        .map_err(|e| tracing::warn!(id = %id, error = %e, "no attach socket"))
+        .ok()
 }
 
 fn set_subreaper() -> Result<()> {

@@ -153,11 +153,6 @@ impl Daemon {
             .map(|i| i.image.trim().to_string())
             .filter(|i| !i.is_empty())
             .ok_or_else(|| Status::invalid_argument("config.image.image is required"))?;
-        if config.tty {
-            return Err(Status::unimplemented(
-                "containers with a terminal (tty) are not supported yet",
-            ));
-        }
         if req.pod_sandbox_id.is_empty() {
             return Err(Status::invalid_argument("pod_sandbox_id is required"));
         }
@@ -380,6 +375,8 @@ impl Daemon {
             .log_path
             .clone()
             .unwrap_or_else(|| PathBuf::from("/dev/null"));
+        // With `tty` the spec asks for a terminal, which the monitor holds
+        // under a CRI log: stdin then goes into the terminal.
         cmd.extend(["--cri-log".into(), log.into()]);
         if config.stdin {
             cmd.push("--cri-stdin".into());

@@ -3,15 +3,16 @@
 //! port forwarding by connecting inside the pod's network namespace.
 //!
 //! Attach goes through the container monitor's attach socket
-//! ([`crate::attach`]), which holds the container's stdio for late clients.
+//! ([`crate::attach`]), which holds the container's stdio for late clients;
+//! for a container with a terminal, resizes go to the monitor's winsize
+//! socket.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::daemon::{Daemon, lock};
@@ -168,9 +169,10 @@ impl StreamBackend {
         std_conn
             .set_nonblocking(false)
             .map_err(io_err("console socket"))?;
-        let master = tokio::task::spawn_blocking(move || receive_fd(&std_conn))
+        let master = tokio::task::spawn_blocking(move || crate::console::receive_master(&std_conn))
             .await
-            .map_err(|e| other(e.to_string()))??;
+            .map_err(|e| other(e.to_string()))?
+            .map_err(|e| other(e.to_string()))?;
         let resize_fd = master.try_clone().map_err(io_err("the pty master"))?;
         let reader = std::fs::File::from(master.try_clone().map_err(io_err("the pty master"))?);
         let writer = std::fs::File::from(master);
@@ -210,42 +212,10 @@ impl StreamBackend {
     }
 }
 
-/// Receives the pty master that `berth oci exec --console-socket` sends.
-fn receive_fd(conn: &std::os::unix::net::UnixStream) -> Result<OwnedFd, BackendError> {
-    let mut buf = [0u8; 4096];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(|e| other(format!("receiving the pty: {e}")))?;
-    for c in msg
-        .cmsgs()
-        .map_err(|e| other(format!("receiving the pty: {e}")))?
-    {
-        if let ControlMessageOwned::ScmRights(fds) = c
-            && let Some(fd) = fds.first()
-        {
-            // SAFETY: the kernel just installed this descriptor for us; no
-            // one else owns it.
-            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
-        }
-    }
-    Err(other("the console socket carried no pty"))
-}
-
 fn set_size(master: &OwnedFd, size: TerminalSize) {
-    let ws = libc::winsize {
-        ws_row: size.height,
-        ws_col: size.width,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which is valid.
-    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if let Err(e) = crate::console::set_window_size(master, size.height, size.width) {
+        tracing::debug!(error = %e, "resizing an exec's terminal");
+    }
 }
 
 /// Connects to `port` on the pod's loopback, from a thread inside the
@@ -289,29 +259,70 @@ impl Backend for StreamBackend {
 
     async fn attach(&self, container_id: &str, io: StreamIo) -> Result<(), BackendError> {
         let cid = self.running(container_id)?;
-        if io.tty {
-            return Err(other(format!(
-                "attach to container {cid}: containers with a terminal are not supported yet"
-            )));
-        }
+        // The container's config decides, as in containerd: its monitor
+        // holds either a terminal or pipes, whatever the request says.
+        let tty = self
+            .daemon
+            .container(&cid)
+            .map(|c| super::container::decode(&lock(&c)).tty)
+            .unwrap_or(false);
         let dir = self.daemon.engine.root.container_dir(&cid);
-        let sock = tokio::task::spawn_blocking(move || crate::attach::connect(&dir))
-            .await
-            .map_err(|e| other(e.to_string()))?
-            .map_err(io_err("connecting to the container's attach socket"))?;
+        let (sock, winsize) = tokio::task::spawn_blocking(move || {
+            let sock = crate::attach::connect(&dir)?;
+            let winsize = if tty {
+                crate::attach::connect_winsize(&dir)
+                    .map_err(|e| tracing::warn!(error = %e, "attach without resizing"))
+                    .ok()
+            } else {
+                None
+            };
+            Ok::<_, std::io::Error>((sock, winsize))
+        })
+        .await
+        .map_err(|e| other(e.to_string()))?
+        .map_err(io_err("connecting to the container's attach socket"))?;
+        let StreamIo {
+            stdin,
+            stdout,
+            stderr,
+            mut resize,
+            ..
+        } = io;
+        // A terminal has one output, all of it stdout.
+        let stderr = if tty { None } else { stderr };
+        let resizer = match winsize {
+            Some(ws) => {
+                ws.set_nonblocking(true).map_err(io_err("winsize socket"))?;
+                let mut ws =
+                    tokio::net::UnixStream::from_std(ws).map_err(io_err("winsize socket"))?;
+                Some(tokio::spawn(async move {
+                    while let Some(size) = resize.recv().await {
+                        let msg = crate::attach::Winsize {
+                            rows: size.height,
+                            cols: size.width,
+                        }
+                        .to_message();
+                        if ws.write_all(&msg).await.is_err() {
+                            break;
+                        }
+                    }
+                }))
+            }
+            None => None,
+        };
         sock.set_nonblocking(true)
             .map_err(io_err("attach socket"))?;
         let sock = tokio::net::UnixStream::from_std(sock).map_err(io_err("attach socket"))?;
         let (mut from_monitor, mut to_monitor) = sock.into_split();
         // Input: the client's stdin into the socket; its end detaches.
-        let input = io.stdin.map(|mut from| {
+        let input = stdin.map(|mut from| {
             tokio::spawn(async move {
                 let _ = tokio::io::copy(&mut from, &mut to_monitor).await;
                 let _ = to_monitor.shutdown().await;
             })
         });
         // Output: the monitor's frames until the container exits.
-        let (mut stdout, mut stderr) = (io.stdout, io.stderr);
+        let (mut stdout, mut stderr) = (stdout, stderr);
         let mut head = [0u8; 5];
         while from_monitor.read_exact(&mut head).await.is_ok() {
             let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
@@ -331,6 +342,9 @@ impl Backend for StreamBackend {
             }
         }
         if let Some(t) = input {
+            t.abort();
+        }
+        if let Some(t) = resizer {
             t.abort();
         }
         Ok(())
