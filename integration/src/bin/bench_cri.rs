@@ -458,6 +458,9 @@ struct Figures {
 
 struct Memory {
     daemon_rss_idle_kib: u64,
+    /// The daemon with the helper processes it keeps without pods (berth's
+    /// fork server), as PSS.
+    idle_pss_kib: u64,
     daemon_rss_kib: u64,
     pss_per_pod_kib: f64,
     rss_per_pod_kib: f64,
@@ -774,6 +777,7 @@ impl Target {
         let per = |a: u64, b: u64| (a as f64 - b as f64) / pods as f64;
         Ok(Memory {
             daemon_rss_idle_kib,
+            idle_pss_kib: pss0,
             daemon_rss_kib,
             pss_per_pod_kib: per(pss1, pss0),
             rss_per_pod_kib: per(rss1, rss0),
@@ -951,6 +955,11 @@ fn print(figs: &[Figures], args: &Args, load: (&str, &str)) {
         &format!("daemon RSS MiB, {} pods", args.pods),
         kib(mb.daemon_rss_kib),
         mc.map(|m| kib(m.daemon_rss_kib)),
+    );
+    row(
+        "daemon and helpers PSS MiB, no pods",
+        kib(mb.idle_pss_kib),
+        mc.map(|m| kib(m.idle_pss_kib)),
     );
     row(
         "added per running pod, PSS MiB",
