@@ -146,6 +146,8 @@ async fn serve(args: Args) -> Result<()> {
     tracing::info!(socket = %args.socket.display(), root = %args.root.display(), "serving the CRI");
 
     let result = tonic::transport::Server::builder()
+        // An expired client deadline is DEADLINE_EXCEEDED, not tonic's CANCELLED.
+        .layer(berth_runtime::cri::deadline::DeadlineLayer)
         .add_service(berth_proto::image_service_server(ImageServer::new(store)))
         .add_service(berth_proto::runtime_service_server(RuntimeServer::new(
             daemon,

@@ -318,3 +318,58 @@ fn cri_pull_with_registry_credentials() -> Result<()> {
         })
         .with_context(|| format!("daemon log:\n{}", daemon.log()))
 }
+
+/// A client's deadline that passes during a pull is DEADLINE_EXCEEDED, as
+/// gRPC's Go and C servers answer, not tonic's CANCELLED: critest's "public
+/// image should timeout if requested" failed whenever berth's answer reached
+/// it before its own timer fired (under load, as with `critest --parallel`).
+#[test]
+fn cri_pull_past_the_clients_deadline_is_deadline_exceeded() -> Result<()> {
+    // A "registry" that takes connections and never answers them.
+    let stall = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let image = format!("{}/stall/image:1", stall.local_addr()?);
+    let daemon = CriDaemon::start(Options {
+        config: Some(String::new()),
+        ..Default::default()
+    })?;
+
+    rt()?
+        .block_on(async {
+            // Not the fixture's tonic Channel: it enforces grpc-timeout on the
+            // client side too and would make the code itself. A bare HTTP/2
+            // connection only sends the header, so the code is the server's.
+            let io = tokio::net::UnixStream::connect(daemon.socket()).await?;
+            let (sender, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(io),
+            )
+            .await?;
+            tokio::spawn(conn);
+            let svc = tower::service_fn(move |mut req: http::Request<tonic::body::Body>| {
+                let mut sender = sender.clone();
+                // tonic's client sends only the path; HTTP/2 wants the rest.
+                let uri = format!("http://berth.invalid{}", req.uri().path());
+                async move {
+                    *req.uri_mut() = uri.parse().map_err(anyhow::Error::from)?;
+                    Ok::<_, anyhow::Error>(sender.send_request(req).await?)
+                }
+            });
+            let mut images = berth_proto::image_service_client(svc);
+            let mut req = tonic::Request::new(v1::PullImageRequest {
+                image: spec(&image),
+                ..Default::default()
+            });
+            req.set_timeout(std::time::Duration::from_millis(200));
+            let err = images
+                .pull_image(req)
+                .await
+                .err()
+                .context("a pull from a registry that never answers passed")?;
+            ensure!(err.code() == Code::DeadlineExceeded, "{err:?}");
+            // The daemon serves on.
+            let mut c = daemon.clients().await?;
+            c.runtime.version(v1::VersionRequest::default()).await?;
+            Ok(())
+        })
+        .with_context(|| format!("daemon log:\n{}", daemon.log()))
+}

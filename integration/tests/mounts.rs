@@ -120,3 +120,75 @@ fn default_devices_exist() -> Result<()> {
     );
     Ok(())
 }
+
+/// Unmounts (lazily, innermost first) what a test mounted on the host, even
+/// when the test fails half-way.
+struct HostMounts(Vec<std::path::PathBuf>);
+
+impl Drop for HostMounts {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = nix::mount::umount2(p.as_path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn is_mount_point(p: &std::path::Path) -> bool {
+    berth_integration::proc::mounts()
+        .iter()
+        .any(|m| m.mount_point == p)
+}
+
+/// critest's "rshared" spec once took the kit's /run/netns/<name> off the
+/// host: a container with rootfsPropagation rshared kept the old root's
+/// submounts as peers of the host's, so detaching the old root after
+/// pivot_root unmounted their children on the host as well.
+#[test]
+fn rshared_container_leaves_host_submounts_alone() -> Result<()> {
+    use nix::mount::{MsFlags, mount};
+    let host = tempdir("rshared-")?;
+    let outer = host.path().join("outer");
+    let inner = outer.join("inner");
+    std::fs::create_dir_all(&inner)?;
+    let mut guard = HostMounts(Vec::new());
+    // A shared mount with a child, like /run/netns and /run/netns/<name>.
+    mount(
+        Some(&outer),
+        &outer,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    guard.0.push(outer.clone());
+    mount(
+        None::<&str>,
+        &outer,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )?;
+    mount(
+        Some("tmpfs"),
+        &inner,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=64k"),
+    )?;
+    guard.0.push(inner.clone());
+    ensure!(
+        is_mount_point(&inner),
+        "test setup: {inner:?} is not mounted"
+    );
+
+    let rt = Runtime::new()?;
+    let id = unique_id("rshared");
+    let spec = Spec::sh(&id, "true").set("/linux/rootfsPropagation", "rshared".into());
+    let b = Bundle::new(&spec)?;
+    let out = rt.run(&id, &b)?;
+    ensure!(out.success(), "{out}");
+    assert!(
+        is_mount_point(&inner),
+        "the container's exit unmounted {inner:?} on the host"
+    );
+    Ok(())
+}

@@ -116,10 +116,32 @@ impl Syscall for Linux {
     }
 
     fn pivot_root(&self, new_root: &Path) -> nix::Result<()> {
-        // pivot_root(".", ".") stacks the old root under the new one without needing
+        // A handle on the old root: after pivot_root(".", ".") it is stacked on
+        // the new one, and only a chdir through this fd reliably names that
+        // mount rather than the new root below it.
+        let old_root = nix::fcntl::open(
+            "/",
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        // pivot_root(".", ".") stacks the old root over the new one without needing
         // a directory for it; unmounting "." then drops the old root.
         nix::unistd::chdir(new_root)?;
         nix::unistd::pivot_root(".", ".")?;
+        nix::unistd::fchdir(&old_root)?;
+        // With "rshared" rootfs propagation the old root's submounts are still
+        // peers of the host's (e.g. /run/netns, a kubelet's shared volume dir):
+        // detaching them here would unmount their children (/run/netns/<name>)
+        // on the host too. As slaves they still receive, but no longer send.
+        nix::mount::mount(
+            None::<&str>,
+            ".",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        )?;
         nix::mount::umount2(".", MntFlags::MNT_DETACH)?;
         nix::unistd::chdir("/")
     }

@@ -9,6 +9,7 @@
 
 mod container;
 pub mod daemon;
+pub mod deadline;
 mod error;
 mod events;
 mod image_fs_info;

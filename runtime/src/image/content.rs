@@ -148,7 +148,19 @@ impl PathLock {
     pub(crate) fn acquire(path: &Path, wait: bool) -> io::Result<Option<PathLock>> {
         let parent = path.parent().unwrap_or(Path::new("/"));
         loop {
-            fs::create_dir_all(parent)?;
+            match fs::create_dir_all(parent) {
+                Ok(()) => {}
+                // mkdir found the directory, and its holder removed it before
+                // create_dir_all checked that it is one: make it again. Only
+                // a non-directory in the way is an error (it would not go away).
+                Err(e)
+                    if e.kind() == io::ErrorKind::AlreadyExists
+                        && !fs::metadata(parent).is_ok_and(|m| !m.is_dir()) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             let file = match OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -1018,6 +1030,35 @@ mod tests {
         assert_eq!(wrote.iter().filter(|w| **w).count(), 1, "{wrote:?}");
         assert_eq!(s.read_blob(&d, u64::MAX).unwrap(), data);
         assert_eq!(fs::read_dir(&s.ingest).unwrap().count(), 0);
+    }
+
+    /// Parallel pulls of one image (critest --parallel) once failed with
+    /// "cannot lock …/lock: File exists": mkdir found the ingest dir, and its
+    /// holder removed it before create_dir_all checked that it was a dir.
+    #[test]
+    fn lockers_racing_with_the_holders_removal_all_get_the_lock() {
+        let (_t, s) = store();
+        let dir = s.ingest_dir(&Digest::of(b"contended"));
+        let lock_path = dir.join("lock");
+        let barrier = Arc::new(Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (dir, lock_path, barrier) = (dir.clone(), lock_path.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    for _ in 0..500 {
+                        let lock = PathLock::acquire(&lock_path, true)?
+                            .expect("a waiting acquire returns the lock");
+                        remove_ingest_dir(&dir, lock);
+                    }
+                    Ok::<_, io::Error>(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+        assert!(!dir.exists());
     }
 
     #[test]
