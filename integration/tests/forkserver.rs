@@ -99,3 +99,53 @@ fn the_server_exits_when_the_daemon_end_closes() -> Result<()> {
         Ok((!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(()))
     })
 }
+
+/// A container created through the fork server keeps a monitor whose
+/// command line is the create's, as if `berth oci create` had been exec'd:
+/// what operators (and the benchmark) look for in `ps`.
+#[test]
+fn a_monitor_made_through_it_shows_the_create_command_line() -> Result<()> {
+    if berth_integration::skip_unless_berth("fork server")? {
+        return Ok(());
+    }
+    let rt = berth_integration::Runtime::with_globals(&["--monitor", "always"])?;
+    let id = berth_integration::unique_id("fsmon");
+    let b = berth_integration::Bundle::new(&berth_integration::Spec::test(&id, &["sleep", "100"]))?;
+    let fs = Client::spawn(berth_binary()?)?;
+    let root = rt.root();
+    let (code, err) = run(
+        &fs,
+        &[
+            "oci",
+            "--root",
+            root.to_str().context("root path")?,
+            "--monitor",
+            "always",
+            "create",
+            "--bundle",
+            b.path_str(),
+            &id,
+        ],
+    )?;
+    ensure!(code == 0, "create: code {code}, stderr {err:?}");
+    let st = rt.state(&id)?;
+    let monitor = st.0["berth"]["monitorPid"]
+        .as_i64()
+        .context("no monitor pid in the state")?;
+    let cmdline = std::fs::read(format!("/proc/{monitor}/cmdline"))?;
+    let words: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect();
+    rt.kill(&id, "KILL")?;
+    rt.wait_status(&id, "stopped", Duration::from_secs(10))?;
+    rt.delete(&id)?;
+    ensure!(
+        words.first().map(String::as_str) == Some("berth")
+            && words.iter().any(|w| w == "create")
+            && words.last() == Some(&id),
+        "the monitor's command line: {words:?}"
+    );
+    Ok(())
+}

@@ -43,6 +43,9 @@ pub const SUBCOMMAND: &str = "forkserver";
 /// Requests are command lines: paths and IDs, far below this.
 const MAX_REQUEST: usize = 64 * 1024;
 
+/// Bytes of the server's own command line kept free for its children's.
+const TITLE_ROOM: usize = 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ForkServerError {
     #[error("starting the fork server {exe}: {source}")]
@@ -88,6 +91,8 @@ impl Client {
         .map_err(sys("socketpair for the fork server"))?;
         let child = Command::new(exe)
             .arg(SUBCOMMAND)
+            // Room for the children's command lines (see `retitle`).
+            .arg(" ".repeat(TITLE_ROOM))
             .stdin(Stdio::from(theirs))
             .spawn()
             .map_err(|source| ForkServerError::Spawn {
@@ -310,6 +315,7 @@ fn start(
             // SAFETY: close_range takes integers; the descriptors from 3 up
             // are the server's own.
             unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+            retitle(&args);
             // A panic must end this child, never unwind into the server's loop.
             let code = std::panic::catch_unwind(|| run(args)).unwrap_or(101);
             // SAFETY: as above; `run` flushed what it wrote.
@@ -329,6 +335,46 @@ fn start(
             Ok((child, unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
         }
     }
+}
+
+/// Makes this child's command line (what `ps` and /proc/PID/cmdline show)
+/// the one it runs, `berth oci ... create ... ID`, as if it had been
+/// exec'd: a container's monitor, which this child becomes, stays
+/// recognizable. The text is written over the server's own arguments, for
+/// which [`Client::spawn`] reserved room; a longer one is cut.
+fn retitle(args: &[OsString]) {
+    let Some((start, end)) = arg_area() else {
+        return;
+    };
+    let len = end - start;
+    if len < 2 {
+        return;
+    }
+    let mut title = b"berth".to_vec();
+    for a in args {
+        title.push(0);
+        title.extend_from_slice(a.as_bytes());
+    }
+    title.truncate(len - 1);
+    title.resize(len, 0);
+    // SAFETY: [start, end) is this process's argument area as the kernel
+    // recorded it at exec: writable memory of ours that only argv's strings
+    // occupy, which nothing in this child reads any more (its command line
+    // came over the socket). The write stays inside it.
+    unsafe { std::ptr::copy_nonoverlapping(title.as_ptr(), start as *mut u8, len) };
+}
+
+/// Where exec put this process's arguments: fields 48 and 49 of
+/// /proc/self/stat.
+fn arg_area() -> Option<(usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces; the first of them is field 3.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let start = fields.get(48 - 3)?.parse::<usize>().ok()?;
+    let end = fields.get(49 - 3)?.parse::<usize>().ok()?;
+    (start != 0 && end > start).then_some((start, end))
 }
 
 fn wait_code(pid: Pid) -> i32 {
