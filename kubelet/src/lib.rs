@@ -1,3 +1,12 @@
 //! The node agent: static pods first, then the API-server mode. It talks to runtimes over CRI gRPC only.
 //!
-//! Empty until the kubelet issue: nothing here is used yet.
+//! What exists so far is the static pod manifest source:
+//! - [`manifest`]: a manifest file (YAML or JSON, one or more documents) → validated `v1` pods;
+//! - [`validation`]: the checks, with upstream's field paths and messages;
+//! - [`static_pod`]: a manifest pod's name, UID and annotations on this node, as upstream's file source;
+//! - [`source`]: a manifest directory watched with inotify, published as the full set of pods by file.
+
+pub mod manifest;
+pub mod source;
+pub mod static_pod;
+pub mod validation;
