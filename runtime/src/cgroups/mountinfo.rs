@@ -34,13 +34,21 @@ impl MountEntry {
     }
 }
 
-/// The cgroup mounts of this process's mount namespace.
+/// The cgroup mounts of this process's mount namespace, read once: the
+/// hierarchies stay where they are while a process runs, and mountinfo is
+/// costly on a node whose pods each add mounts (the kernel formats every
+/// line on each read), which the CRI daemon would otherwise pay on every
+/// container status.
 pub(crate) fn read() -> Result<Vec<MountEntry>, CgroupError> {
+    static CACHE: std::sync::OnceLock<Vec<MountEntry>> = std::sync::OnceLock::new();
+    if let Some(m) = CACHE.get() {
+        return Ok(m.clone());
+    }
     let text = std::fs::read_to_string(MOUNTINFO).map_err(|source| CgroupError::Read {
         path: PathBuf::from(MOUNTINFO),
         source,
     })?;
-    Ok(parse(&text))
+    Ok(CACHE.get_or_init(|| parse(&text)).clone())
 }
 
 /// Parse mountinfo text, keeping only cgroup and cgroup2 mounts.

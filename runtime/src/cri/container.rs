@@ -19,7 +19,7 @@ use prost::Message;
 use serde_json::json;
 use tonic::Status;
 
-use super::daemon::{Daemon, lock};
+use super::daemon::{Daemon, lock, remove_tree};
 use super::pod::{self, decode_config, labels_match};
 use super::records::{ContainerPhase, ContainerRecord, SandboxState, new_id, now_nanos};
 use super::spec::{self, HostDevice, PodView, SpecInput};
@@ -361,7 +361,10 @@ impl Daemon {
             target_pid,
         })
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let bundle = self.records.container_dir(&r.id).join("bundle");
+        // In the state dir (a tmpfs on a node, as containerd keeps its
+        // bundles under /run): the spec matters only while the container
+        // exists, and the engine keeps its own copy in its state.
+        let bundle = self.paths.bundle_dir(&r.id);
         std::fs::create_dir_all(&bundle)
             .map_err(|e| Status::internal(format!("creating {}: {e}", bundle.display())))?;
         let text = serde_json::to_vec(&spec).map_err(|e| Status::internal(e.to_string()))?;
@@ -399,6 +402,7 @@ impl Daemon {
         if let Err(e) = self.images.remove_rootfs(&r.id) {
             tracing::warn!(id = %r.id, error = %e, "removing the container's root filesystem");
         }
+        remove_tree(&self.paths.bundle_dir(&r.id));
         if let Err(e) = self.records.remove_container(&r.id) {
             tracing::warn!(id = %r.id, error = %e, "removing the container record");
         }

@@ -40,6 +40,11 @@ impl Paths {
     pub fn pod_state_dir(&self, id: &str) -> PathBuf {
         self.state.join("pods").join(id)
     }
+
+    /// A container's OCI bundle (its config.json).
+    pub fn bundle_dir(&self, id: &str) -> PathBuf {
+        self.state.join("bundles").join(id)
+    }
 }
 
 pub type Shared<T> = Arc<Mutex<T>>;
@@ -147,6 +152,17 @@ impl Daemon {
             }
             lock(&self.names).insert(r.name.clone(), r.id.clone());
             lock(&self.containers).insert(r.id.clone(), Arc::new(Mutex::new(r)));
+        }
+        // Bundles whose container record is gone (a crash between the two
+        // removals).
+        if let Ok(entries) = std::fs::read_dir(self.paths.state.join("bundles")) {
+            let known = lock(&self.containers);
+            for e in entries.flatten() {
+                let name = e.file_name();
+                if !name.to_str().is_some_and(|id| known.contains_key(id)) {
+                    remove_tree(&e.path());
+                }
+            }
         }
         tracing::info!(
             pods = lock(&self.sandboxes).len(),

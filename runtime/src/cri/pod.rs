@@ -232,8 +232,12 @@ impl Daemon {
             .save_sandbox(r)
             .map_err(|e| Status::internal(e.to_string()))?;
 
-        // Files shared by the pod's containers.
-        let dir = self.records.pod_dir(&r.id);
+        // Files shared by the pod's containers, in its state dir (a tmpfs on
+        // a node, as CRI-O keeps them): they live no longer than the pod's
+        // namespaces, and on disk each would cost an inode on the pod's path.
+        let dir = state_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Status::internal(format!("creating {}: {e}", dir.display())))?;
         let write = |name: &str, text: &str| -> Result<PathBuf, Status> {
             let p = dir.join(name);
             crate::state::write_atomic(&p, text.as_bytes())
