@@ -568,6 +568,30 @@ fn connect_console(path: &Path) -> Result<OwnedFd> {
     Ok(OwnedFd::from(s))
 }
 
+/// Hooks the creator runs (in the runtime's namespaces) while the init
+/// waits.
+fn has_creator_hooks(spec: &oci_spec::runtime::Spec) -> bool {
+    spec.hooks().as_ref().is_some_and(|h| {
+        h.prestart().as_ref().is_some_and(|v| !v.is_empty())
+            || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
+    })
+}
+
+/// setns(2) into each namespace of `joins` (all opened first, as in stage 1).
+fn join_namespaces(joins: &[(CloneFlags, PathBuf)]) -> std::result::Result<(), String> {
+    let mut fds = Vec::new();
+    for (flag, path) in joins {
+        let fd = std::fs::File::open(path)
+            .map_err(|e| format!("opening namespace {}: {e}", path.display()))?;
+        fds.push((*flag, fd, path));
+    }
+    for (flag, fd, path) in &fds {
+        nix::sched::setns(fd, *flag)
+            .map_err(|e| format!("joining namespace {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn run_create_hooks(cfg: &InitConfig, pid: i32) -> std::result::Result<(), String> {
     let Some(hooks) = cfg.spec.hooks() else {
         return Ok(());
@@ -604,7 +628,29 @@ pub(super) fn spawn(
     let (parent, child) = Channel::pair().map_err(|e| format!("socketpair: {e}"))?;
     // Stage 1 only exists to join namespaces and to map a new user namespace
     // between fork and unshare; without either, one clone makes the init.
-    let direct = cfg.joins.is_empty() && !cfg.unshare.contains(CloneFlags::CLONE_NEWUSER);
+    // Joining only a pod's network, IPC, UTS or pid namespace (every CRI
+    // container) needs no stage 1 either: this process joins them itself and
+    // the clone inherits them, which saves a fork and a round trip on each
+    // container start. Those namespaces change nothing for this process (a
+    // monitor, or a CLI about to exit) but where its children start; hooks
+    // that must run in the runtime's namespaces keep stage 1.
+    let no_userns = !cfg.unshare.contains(CloneFlags::CLONE_NEWUSER);
+    let join_here = no_userns
+        && !cfg.joins.is_empty()
+        && cfg.joins.iter().all(|(f, _)| {
+            matches!(
+                *f,
+                CloneFlags::CLONE_NEWNET
+                    | CloneFlags::CLONE_NEWIPC
+                    | CloneFlags::CLONE_NEWUTS
+                    | CloneFlags::CLONE_NEWPID
+            )
+        })
+        && !has_creator_hooks(&cfg.spec);
+    let direct = (cfg.joins.is_empty() && no_userns) || join_here;
+    if join_here {
+        join_namespaces(&cfg.joins)?;
+    }
     let placement = cg.placement();
     let clone_into = placement
         .as_ref()
