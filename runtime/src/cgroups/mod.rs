@@ -17,6 +17,7 @@ pub use devices::rule as device_rule;
 mod error;
 mod fsutil;
 mod mountinfo;
+pub use mountinfo::cgroup_lines;
 mod path;
 mod stats;
 mod v1;

@@ -44,11 +44,27 @@ pub(crate) fn read() -> Result<Vec<MountEntry>, CgroupError> {
     if let Some(m) = CACHE.get() {
         return Ok(m.clone());
     }
+    let text = cgroup_lines()?;
+    Ok(CACHE.get_or_init(|| parse(text)).clone())
+}
+
+/// The cgroup and cgroup2 lines of this process's mountinfo, read once (see
+/// [`read`]); the container's init bind-mounts the same hierarchies.
+pub fn cgroup_lines() -> Result<&'static str, CgroupError> {
+    static LINES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(t) = LINES.get() {
+        return Ok(t);
+    }
     let text = std::fs::read_to_string(MOUNTINFO).map_err(|source| CgroupError::Read {
         path: PathBuf::from(MOUNTINFO),
         source,
     })?;
-    Ok(CACHE.get_or_init(|| parse(&text)).clone())
+    let lines: String = text
+        .lines()
+        .filter(|l| l.contains(" - cgroup"))
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    Ok(LINES.get_or_init(|| lines))
 }
 
 /// Parse mountinfo text, keeping only cgroup and cgroup2 mounts.

@@ -186,8 +186,8 @@ impl Engine {
         }
         // The user namespace is joined first: the others' permissions depend on it.
         joins.sort_by_key(|(f, _)| *f != CloneFlags::CLONE_NEWUSER);
-        let hierarchies = std::fs::read_to_string("/proc/self/mountinfo")
-            .map(|t| crate::rootfs::parse_cgroup_mounts(&t))
+        let hierarchies = cgroups::cgroup_lines()
+            .map(crate::rootfs::parse_cgroup_mounts)
             .unwrap_or_default()
             .into_iter()
             .filter(|h| h.mount_point.starts_with(&self.cgroups.mount_root))
