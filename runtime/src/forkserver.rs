@@ -208,17 +208,10 @@ pub fn serve(sock: BorrowedFd<'_>, run: fn(Vec<OsString>) -> i32) -> i32 {
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
         drop(fds);
-        let mut i = 0;
-        let mut k = 1;
-        while i < running.len() {
-            if ready[k] {
-                let r = running.swap_remove(i);
-                let code = wait_code(r.pid);
-                let _ = nix::unistd::write(&r.reply, &code.to_le_bytes());
-            } else {
-                i += 1;
-            }
-            k += 1;
+        for i in finished(&ready[1..]) {
+            let r = running.swap_remove(i);
+            let code = wait_code(r.pid);
+            let _ = nix::unistd::write(&r.reply, &code.to_le_bytes());
         }
         if !ready[0] {
             continue;
@@ -237,6 +230,13 @@ pub fn serve(sock: BorrowedFd<'_>, run: fn(Vec<OsString>) -> i32) -> i32 {
             Err(e) => eprintln!("berth forkserver: {e}"),
         }
     }
+}
+
+/// The indices whose pidfd is ready, highest first: removed in this order
+/// with `swap_remove`, each removal moves only an entry already looked at,
+/// so no running command is mistaken for a finished one (and waited for).
+fn finished(ready: &[bool]) -> Vec<usize> {
+    (0..ready.len()).rev().filter(|&i| ready[i]).collect()
 }
 
 type Request = (Vec<OsString>, OwnedFd, OwnedFd);
@@ -391,6 +391,25 @@ fn wait_code(pid: Pid) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_finished_commands_are_taken_out() {
+        for ready in [
+            vec![true, true, false],
+            vec![true, false, true, true, false],
+            vec![false, false],
+            vec![true; 4],
+        ] {
+            let mut running: Vec<usize> = (0..ready.len()).collect();
+            let mut taken: Vec<usize> = finished(&ready)
+                .into_iter()
+                .map(|i| running.swap_remove(i))
+                .collect();
+            taken.sort();
+            let want: Vec<usize> = (0..ready.len()).filter(|&i| ready[i]).collect();
+            assert_eq!(taken, want, "ready {ready:?}");
+        }
+    }
 
     #[test]
     fn arguments_survive_the_encoding() {
