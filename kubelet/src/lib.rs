@@ -1,15 +1,18 @@
 //! The node agent: static pods first, then the API-server mode. It talks to runtimes over CRI gRPC only.
 //!
-//! What exists so far is the static pod manifest source and the pod's CRI config:
+//! What exists so far is the static pod manifest source, the pod's CRI config and its volumes:
 //! - [`manifest`]: a manifest file (YAML or JSON, one or more documents) → validated `v1` pods;
 //! - [`validation`]: the checks, with upstream's field paths and messages;
 //! - [`static_pod`]: a manifest pod's name, UID and annotations on this node, as upstream's file source;
 //! - [`source`]: a manifest directory watched with inotify, published as the full set of pods by file;
 //! - [`cri_config`]: a pod → the CRI `PodSandboxConfig` and `ContainerConfig`s to run it (QoS class,
-//!   cgroup parent, DNS, environment, resources, security), pure, as upstream's `kuberuntime`.
+//!   cgroup parent, DNS, environment, resources, security), pure, as upstream's `kuberuntime`;
+//! - [`volume`]: a pod's volumes on the node (emptyDir, hostPath, configMap, secret, downwardAPI,
+//!   projected, files written atomically) and its containers' CRI mounts, as upstream's volume plugins.
 
 pub mod cri_config;
 pub mod manifest;
 pub mod source;
 pub mod static_pod;
 pub mod validation;
+pub mod volume;
