@@ -1,13 +1,16 @@
 //! The node agent: static pods first, then the API-server mode. It talks to runtimes over CRI gRPC only.
 //!
-//! What exists so far is the static pod manifest source and the pod's CRI config:
+//! What exists so far is the static pod manifest source, the pod's CRI config and the CRI client:
 //! - [`manifest`]: a manifest file (YAML or JSON, one or more documents) → validated `v1` pods;
 //! - [`validation`]: the checks, with upstream's field paths and messages;
 //! - [`static_pod`]: a manifest pod's name, UID and annotations on this node, as upstream's file source;
 //! - [`source`]: a manifest directory watched with inotify, published as the full set of pods by file;
 //! - [`cri_config`]: a pod → the CRI `PodSandboxConfig` and `ContainerConfig`s to run it (QoS class,
-//!   cgroup parent, DNS, environment, resources, security), pure, as upstream's `kuberuntime`.
+//!   cgroup parent, DNS, environment, resources, security), pure, as upstream's `kuberuntime`;
+//! - [`cri_client`]: the runtime's unix socket as typed async CRI v1 calls with upstream's deadlines
+//!   and errors that keep the RPC and the gRPC code; the only way the kubelet reaches a runtime.
 
+pub mod cri_client;
 pub mod cri_config;
 pub mod manifest;
 pub mod source;
