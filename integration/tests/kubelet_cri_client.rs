@@ -3,9 +3,10 @@
 //! registry, a host-network pod with a `sleep` container run, exec'd into,
 //! listed, watched through GetContainerEvents, stopped and removed (twice:
 //! CRI removes are idempotent, while a status of what is gone is NotFound),
-//! and endpoints that cannot work.
+//! endpoints that cannot work, and a runtime that speaks another CRI version.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -15,6 +16,9 @@ use berth_integration::registry::Registry;
 use berth_kubelet::cri_client::{CriClient, CriClientError};
 use berth_proto::v1;
 use futures::StreamExt;
+use http_body_util::StreamBody;
+use hyper::body::{Bytes, Frame};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -303,6 +307,64 @@ fn endpoints_that_cannot_work_say_why() -> Result<()> {
         // The daemon's socket as a plain path works as well.
         let c = CriClient::connect(&d.socket().display().to_string(), CONNECT_TIMEOUT).await?;
         ensure!(c.socket() == d.socket());
+        Ok(())
+    })
+}
+
+/// Answers every request on `listener` as a runtime's Version that reports
+/// `api_version`: one gRPC message, then `grpc-status: 0`.
+async fn fake_runtime(listener: tokio::net::UnixListener, api_version: &'static str) {
+    while let Ok((stream, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |_req| async move {
+                let msg = v1::VersionResponse {
+                    version: "0.1.0".into(),
+                    runtime_name: "oldrt".into(),
+                    runtime_version: "9.9".into(),
+                    runtime_api_version: api_version.into(),
+                };
+                let body = prost::Message::encode_to_vec(&msg);
+                let mut frame = vec![0u8];
+                frame.extend(u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+                frame.extend(body);
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                let frames = futures::stream::iter([
+                    Ok::<_, Infallible>(Frame::data(Bytes::from(frame))),
+                    Ok(Frame::trailers(trailers)),
+                ]);
+                let mut resp = http::Response::new(StreamBody::new(frames));
+                resp.headers_mut().insert(
+                    "content-type",
+                    http::HeaderValue::from_static("application/grpc"),
+                );
+                Ok::<_, Infallible>(resp)
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+#[test]
+fn a_runtime_that_speaks_another_cri_version_is_refused_by_name() -> Result<()> {
+    let dir = berth_integration::workdir::tempdir("kcc-")?;
+    let sock = dir.path().join("old.sock");
+    rt()?.block_on(async {
+        let listener = tokio::net::UnixListener::bind(&sock)?;
+        let server = tokio::spawn(fake_runtime(listener, "v1alpha2"));
+        let e = CriClient::connect(&sock.display().to_string(), CONNECT_TIMEOUT)
+            .await
+            .err()
+            .context("connecting to a v1alpha2 runtime")?;
+        server.abort();
+        ensure!(matches!(e, CriClientError::UnsupportedApi { .. }), "{e:?}");
+        let text = e.to_string();
+        ensure!(
+            text.contains("oldrt 9.9") && text.contains("\"v1alpha2\""),
+            "{text}"
+        );
         Ok(())
     })
 }
