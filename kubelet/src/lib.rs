@@ -1,6 +1,7 @@
 //! The node agent: static pods first, then the API-server mode. It talks to runtimes over CRI gRPC only.
 //!
-//! What exists so far is the static pod manifest source, the pod's CRI config and its volumes:
+//! What exists so far is the static pod manifest source, the pod's CRI config, its volumes and the
+//! CRI client:
 //! - [`manifest`]: a manifest file (YAML or JSON, one or more documents) → validated `v1` pods;
 //! - [`validation`]: the checks, with upstream's field paths and messages;
 //! - [`static_pod`]: a manifest pod's name, UID and annotations on this node, as upstream's file source;
@@ -9,7 +10,10 @@
 //!   cgroup parent, DNS, environment, resources, security), pure, as upstream's `kuberuntime`;
 //! - [`volume`]: a pod's volumes on the node (emptyDir, hostPath, configMap, secret, downwardAPI,
 //!   projected, files written atomically) and its containers' CRI mounts, as upstream's volume plugins.
+//! - [`cri_client`]: the runtime's unix socket as typed async CRI v1 calls with upstream's deadlines
+//!   and errors that keep the RPC and the gRPC code; the only way the kubelet reaches a runtime.
 
+pub mod cri_client;
 pub mod cri_config;
 pub mod manifest;
 pub mod source;
