@@ -12,10 +12,14 @@
 //!   projected, files written atomically) and its containers' CRI mounts, as upstream's volume plugins.
 //! - [`cri_client`]: the runtime's unix socket as typed async CRI v1 calls with upstream's deadlines
 //!   and errors that keep the RPC and the gRPC code; the only way the kubelet reaches a runtime.
+//! - [`pod_worker`]: a worker per pod that syncs it as upstream's `SyncPod` (sandbox, images,
+//!   volumes, init and regular containers, restarts with back-off) and a manager that follows the
+//!   manifest source.
 
 pub mod cri_client;
 pub mod cri_config;
 pub mod manifest;
+pub mod pod_worker;
 pub mod source;
 pub mod static_pod;
 pub mod validation;

@@ -1,0 +1,462 @@
+//! One pod's worker: observes the pod in the runtime, computes its actions
+//! and carries them out through the CRI client, as upstream's `SyncPod`; and
+//! tears it all down when the pod goes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_proto::v1;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use thiserror::Error;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use super::actions::{
+    Backoff, ContainerState, Kind, Observed, Outcome, RunState, SandboxState, compute,
+};
+use crate::cri_client::{CriClient, CriClientError};
+use crate::cri_config::container::{
+    CONTAINER_HASH_ANNOTATION, CONTAINER_NAME_LABEL, ContainerError, TERMINATION_GRACE_PERIOD_ANNOTATION,
+    container_config,
+};
+use crate::cri_config::sandbox::{POD_UID_LABEL, SandboxError, sandbox_config};
+use crate::cri_config::{NodeContext, PodContext};
+use crate::volume::{PodVolumes, VolumeError, VolumeManager};
+
+/// Upstream's default `terminationGracePeriodSeconds`.
+pub const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Cri(#[from] CriClientError),
+    #[error("pod {pod}: {source}")]
+    Sandbox {
+        pod: String,
+        source: SandboxError,
+    },
+    #[error("pod {pod}, container {container}: {source}")]
+    Container {
+        pod: String,
+        container: String,
+        source: ContainerError,
+    },
+    #[error("pod {pod}: {source}")]
+    Volume { pod: String, source: VolumeError },
+    #[error(
+        "pod {pod}, container {container}: image {image:?} is not on the node and imagePullPolicy is Never; pull it or change the policy"
+    )]
+    ImageNeverPull {
+        pod: String,
+        container: String,
+        image: String,
+    },
+    #[error("pod {pod}, container {container}: no image given")]
+    NoImage { pod: String, container: String },
+    #[error("creating the log directory {path}: {source}")]
+    LogDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// What every worker shares.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    pub cri: CriClient,
+    pub volumes: VolumeManager,
+    pub node: NodeContext,
+    /// How often a pod is synced without a change or event.
+    pub resync: Duration,
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+fn uid_filter(uid: &str) -> HashMap<String, String> {
+    HashMap::from([(POD_UID_LABEL.to_owned(), uid.to_owned())])
+}
+
+/// Everything the runtime has of the pod `uid`: its sandboxes and its
+/// containers, exited ones with their exit codes.
+pub async fn observe(cri: &CriClient, uid: &str) -> Result<Observed, CriClientError> {
+    let sandboxes = cri
+        .list_pod_sandbox(Some(v1::PodSandboxFilter {
+            label_selector: uid_filter(uid),
+            ..Default::default()
+        }))
+        .await?
+        .into_iter()
+        .map(|s| SandboxState {
+            attempt: s.metadata.as_ref().map_or(0, |m| m.attempt),
+            ready: s.state == v1::PodSandboxState::SandboxReady as i32,
+            created_at: s.created_at,
+            id: s.id,
+        })
+        .collect();
+    let listed = cri
+        .list_containers(Some(v1::ContainerFilter {
+            label_selector: uid_filter(uid),
+            ..Default::default()
+        }))
+        .await?;
+    let mut containers = Vec::with_capacity(listed.len());
+    for c in listed {
+        let state = match v1::ContainerState::try_from(c.state) {
+            Ok(v1::ContainerState::ContainerCreated) => RunState::Created,
+            Ok(v1::ContainerState::ContainerRunning) => RunState::Running,
+            Ok(v1::ContainerState::ContainerExited) => match cri.container_status(&c.id, false).await {
+                Ok(s) => RunState::Exited {
+                    code: s.status.exit_code,
+                    started_at: s.status.started_at,
+                    finished_at: s.status.finished_at,
+                },
+                // Removed meanwhile: the next sync sees it gone.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            },
+            _ => RunState::Unknown,
+        };
+        containers.push(ContainerState {
+            name: c
+                .labels
+                .get(CONTAINER_NAME_LABEL)
+                .cloned()
+                .or_else(|| c.metadata.as_ref().map(|m| m.name.clone()))
+                .unwrap_or_default(),
+            attempt: c.metadata.as_ref().map_or(0, |m| m.attempt),
+            hash: c.annotations.get(CONTAINER_HASH_ANNOTATION).cloned().unwrap_or_default(),
+            sandbox_id: c.pod_sandbox_id,
+            created_at: c.created_at,
+            state,
+            id: c.id,
+        });
+    }
+    Ok(Observed { sandboxes, containers })
+}
+
+/// Stops and removes every container and sandbox of the pod `uid`, giving
+/// running containers `grace` seconds, then tears down its volumes.
+pub async fn remove_pod(shared: &Shared, uid: &str, grace: Option<i64>) -> Result<(), WorkerError> {
+    let observed = observe(&shared.cri, uid).await?;
+    stop_all(&shared.cri, &observed, grace).await?;
+    for c in &observed.containers {
+        shared.cri.remove_container(&c.id).await?;
+    }
+    for s in &observed.sandboxes {
+        shared.cri.remove_pod_sandbox(&s.id).await?;
+    }
+    shared.volumes.teardown(uid).map_err(|source| WorkerError::Volume {
+        pod: uid.to_owned(),
+        source,
+    })
+}
+
+/// Stops the running containers (together, as upstream) then the sandboxes.
+async fn stop_all(cri: &CriClient, observed: &Observed, grace: Option<i64>) -> Result<(), CriClientError> {
+    let stops = observed
+        .containers
+        .iter()
+        .filter(|c| !matches!(c.state, RunState::Exited { .. }))
+        .map(|c| {
+            let cri = cri.clone();
+            let id = c.id.clone();
+            async move { cri.stop_container(&id, grace.unwrap_or(DEFAULT_GRACE_SECONDS)).await }
+        });
+    for r in futures::future::join_all(stops).await {
+        match r {
+            Err(e) if !e.is_not_found() => return Err(e),
+            _ => {}
+        }
+    }
+    for s in &observed.sandboxes {
+        match cri.stop_pod_sandbox(&s.id).await {
+            Err(e) if !e.is_not_found() => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The grace period an adopted pod's containers were created with.
+pub async fn recorded_grace(cri: &CriClient, uid: &str) -> Option<i64> {
+    let listed = cri
+        .list_containers(Some(v1::ContainerFilter {
+            label_selector: uid_filter(uid),
+            ..Default::default()
+        }))
+        .await
+        .ok()?;
+    listed
+        .iter()
+        .find_map(|c| c.annotations.get(TERMINATION_GRACE_PERIOD_ANNOTATION)?.parse().ok())
+}
+
+/// One pod's state between syncs.
+pub struct PodWorker {
+    pod: Pod,
+    name: String,
+    uid: String,
+    shared: Arc<Shared>,
+    backoff: Backoff,
+    volumes: Option<PodVolumes>,
+    outcome: Option<Outcome>,
+}
+
+impl PodWorker {
+    pub fn new(pod: Pod, shared: Arc<Shared>) -> Self {
+        Self {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            pod,
+            shared,
+            backoff: Backoff::default(),
+            volumes: None,
+            outcome: None,
+        }
+    }
+
+    fn grace(&self) -> i64 {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(DEFAULT_GRACE_SECONDS)
+    }
+
+    fn context(&self, attempt: u32, pod_ips: Vec<IpAddr>) -> PodContext<'_> {
+        let mut ctx = PodContext::new(&self.pod);
+        ctx.attempt = attempt;
+        ctx.pod_ips = pod_ips;
+        ctx
+    }
+
+    /// One sync: observe, compute, act.
+    pub async fn sync(&mut self) -> Result<Outcome, WorkerError> {
+        let cri = self.shared.cri.clone();
+        let observed = observe(&cri, &self.uid).await?;
+        let actions = compute(&self.pod, &observed, &self.backoff, now_nanos());
+        for (name, wait) in &actions.backing_off {
+            tracing::info!(pod = %self.name, container = %name, "back-off {wait:.0?} restarting the failed container");
+        }
+        if actions.kill_pod {
+            tracing::info!(pod = %self.name, "killing the pod's containers and sandbox");
+            stop_all(&cri, &observed, Some(self.grace())).await?;
+        }
+        for k in &actions.kill {
+            tracing::info!(pod = %self.name, container = %k.name, "stopping the container: {}", k.reason);
+            cri.stop_container(&k.id, self.grace()).await?;
+        }
+        if self.outcome != Some(actions.outcome) {
+            tracing::info!(pod = %self.name, outcome = ?actions.outcome, "pod state");
+            self.outcome = Some(actions.outcome);
+        }
+        if actions.start.is_empty() {
+            return Ok(actions.outcome);
+        }
+
+        let volumes = match &self.volumes {
+            Some(v) => v.clone(),
+            None => {
+                let v = self.shared.volumes.setup(&self.pod, &self.shared.node).map_err(|source| {
+                    WorkerError::Volume {
+                        pod: self.name.clone(),
+                        source,
+                    }
+                })?;
+                self.volumes = Some(v.clone());
+                v
+            }
+        };
+        let sandbox_err = |source| WorkerError::Sandbox {
+            pod: self.name.clone(),
+            source,
+        };
+        let (sandbox_id, attempt) = match (&actions.create_sandbox, &actions.sandbox) {
+            (Some(attempt), _) => {
+                // Old sandboxes go once a new one replaces them.
+                for s in &observed.sandboxes {
+                    cri.remove_pod_sandbox(&s.id).await?;
+                }
+                let config = sandbox_config(&self.context(*attempt, Vec::new()), &self.shared.node)
+                    .map_err(sandbox_err)?;
+                let dir = Path::new(&config.log_directory);
+                std::fs::create_dir_all(dir).map_err(|source| WorkerError::LogDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+                let id = cri.run_pod_sandbox(config, "").await?;
+                tracing::info!(pod = %self.name, sandbox = %id, attempt, "sandbox running");
+                (id, *attempt)
+            }
+            (None, Some(s)) => (s.id.clone(), s.attempt),
+            (None, None) => return Ok(actions.outcome),
+        };
+        let pod_ips = match cri.pod_sandbox_status(&sandbox_id, false).await {
+            Ok(s) => s
+                .status
+                .network
+                .iter()
+                .flat_map(|n| std::iter::once(n.ip.as_str()).chain(n.additional_ips.iter().map(|a| a.ip.as_str())))
+                .filter_map(|ip| ip.parse().ok())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let sandbox_config = sandbox_config(&self.context(attempt, pod_ips.clone()), &self.shared.node)
+            .map_err(sandbox_err)?;
+
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        for s in &actions.start {
+            let container = match s.kind {
+                Kind::Init => spec.init_containers.as_ref().and_then(|c| c.get(s.index)),
+                Kind::Regular => spec.containers.get(s.index),
+            };
+            let Some(container) = container else { continue };
+            let image = self.ensure_image(container, &sandbox_config).await?;
+            let mut ctx = self.context(attempt, pod_ips.clone());
+            ctx.restart_counts = BTreeMap::from([(container.name.clone(), s.restart_count)]);
+            let container_err = |source| WorkerError::Container {
+                pod: self.name.clone(),
+                container: container.name.clone(),
+                source,
+            };
+            let mut config =
+                container_config(&ctx, &self.shared.node, container, &image).map_err(container_err)?;
+            config.mounts = volumes.mounts_for(container).map_err(|source| WorkerError::Volume {
+                pod: self.name.clone(),
+                source,
+            })?;
+            let id = cri.create_container(&sandbox_id, config, sandbox_config.clone()).await?;
+            cri.start_container(&id).await?;
+            tracing::info!(pod = %self.name, container = %container.name, restarts = s.restart_count, id = %id, "container started");
+            if let Some(prev) = &s.replaces {
+                let hash = crate::cri_config::container::container_hash(container);
+                self.backoff.restarted(&container.name, &hash, prev.started_at, prev.finished_at);
+                // Its restart count lives on in the new instance.
+                if let Err(e) = cri.remove_container(&prev.id).await {
+                    tracing::warn!(pod = %self.name, container = %container.name, "removing the exited instance: {e}");
+                }
+            }
+        }
+        Ok(actions.outcome)
+    }
+
+    /// The image reference to create `container` with, pulled per its
+    /// `imagePullPolicy` (`Always` for `:latest` or no tag, else `IfNotPresent`).
+    async fn ensure_image(
+        &self,
+        container: &Container,
+        sandbox: &v1::PodSandboxConfig,
+    ) -> Result<String, WorkerError> {
+        let image = container.image.clone().filter(|i| !i.is_empty()).ok_or_else(|| WorkerError::NoImage {
+            pod: self.name.clone(),
+            container: container.name.clone(),
+        })?;
+        let spec = v1::ImageSpec {
+            image: image.clone(),
+            user_specified_image: image.clone(),
+            ..Default::default()
+        };
+        let policy = container.image_pull_policy.clone().unwrap_or_else(|| default_pull_policy(&image));
+        if policy != "Always" {
+            if let Some(found) = self.shared.cri.image_status(spec.clone(), false).await?.status {
+                return Ok(found.id);
+            }
+            if policy == "Never" {
+                return Err(WorkerError::ImageNeverPull {
+                    pod: self.name.clone(),
+                    container: container.name.clone(),
+                    image,
+                });
+            }
+        }
+        tracing::info!(pod = %self.name, container = %container.name, image = %image, "pulling");
+        Ok(self.shared.cri.pull_image(spec, None, Some(sandbox.clone())).await?)
+    }
+
+    /// Stops the containers with the pod's grace period, then the sandbox,
+    /// removes them and tears down the volumes.
+    pub async fn terminate(&mut self) -> Result<(), WorkerError> {
+        remove_pod(&self.shared, &self.uid, Some(self.grace())).await?;
+        self.volumes = None;
+        tracing::info!(pod = %self.name, "pod terminated and removed");
+        Ok(())
+    }
+}
+
+/// Upstream's default: `Always` for `:latest` or no tag, unless pinned by digest.
+pub fn default_pull_policy(image: &str) -> String {
+    if image.contains('@') {
+        return "IfNotPresent".to_owned();
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        Some((_, tag)) if tag != "latest" => "IfNotPresent".to_owned(),
+        _ => "Always".to_owned(),
+    }
+}
+
+/// A running worker task.
+pub struct WorkerHandle {
+    stop: watch::Sender<bool>,
+    poke: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    /// Asks for a sync now.
+    pub fn poke(&self) {
+        self.poke.notify_one();
+    }
+
+    /// Asks the worker to terminate its pod; await [`WorkerHandle::join`].
+    pub fn terminate(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits for the worker to have terminated its pod.
+    pub async fn join(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!("pod worker task failed: {e}");
+        }
+    }
+}
+
+/// Starts the worker of `pod`: syncs it now, on pokes and every `resync`,
+/// until told to terminate.
+pub fn spawn(pod: Pod, shared: Arc<Shared>) -> WorkerHandle {
+    let (stop, mut stopped) = watch::channel(false);
+    let poke = Arc::new(Notify::new());
+    let poked = poke.clone();
+    let resync = shared.resync;
+    let mut worker = PodWorker::new(pod, shared);
+    let task = tokio::spawn(async move {
+        while !*stopped.borrow() {
+            if let Err(e) = worker.sync().await {
+                tracing::error!(pod = %worker.name, "sync failed: {e}");
+            }
+            tokio::select! {
+                _ = stopped.changed() => {}
+                () = poked.notified() => {}
+                () = tokio::time::sleep(resync) => {}
+            }
+        }
+        // A runtime that is briefly away should not leave the pod behind.
+        for attempt in 1..=3 {
+            match worker.terminate().await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(pod = %worker.name, attempt, "terminating the pod: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    WorkerHandle { stop, poke, task }
+}
