@@ -5,6 +5,7 @@
 mod cni;
 mod image;
 mod log;
+mod node;
 mod oci;
 mod runtime;
 
@@ -29,6 +30,8 @@ enum Command {
     Cni(cni::Args),
     /// The CRI daemon: serves the kubelet's image and runtime services on a unix socket.
     Runtime(runtime::Args),
+    /// The kubelet, standalone: runs the static pods of a manifest directory on a CRI runtime.
+    Node(node::Args),
 }
 
 fn main() {
@@ -57,6 +60,7 @@ fn main() {
             Command::Image(args) => image::main(args),
             Command::Cni(args) => cni::main(args),
             Command::Runtime(args) => runtime::main(args),
+            Command::Node(args) => node::main(args),
         }
     };
     std::process::exit(code);
