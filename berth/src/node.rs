@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long)]
     node_name: Option<String>,
     /// Where configMap and secret volumes read their data
-    /// (`<dir>/<namespace>/{configmaps,secrets}/<name>/`); default: `<root>/config`.
+    /// (`<dir>/{configmaps,secrets}/<namespace>/<name>/`); default: `<root>/config`.
     #[arg(long)]
     config_dir: Option<PathBuf>,
     /// Where containers' logs go, a directory per pod.
@@ -47,7 +47,10 @@ pub struct Args {
 
 pub fn main(args: Args) -> i32 {
     init_logging(args.debug);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("berth node: starting the async runtime: {e}");
@@ -120,7 +123,10 @@ async fn run(args: Args) -> Result<()> {
         pod_log_root: args.pod_log_dir.clone(),
         ..NodeContext::default()
     };
-    let config_dir = args.config_dir.clone().unwrap_or_else(|| args.root.join("config"));
+    let config_dir = args
+        .config_dir
+        .clone()
+        .unwrap_or_else(|| args.root.join("config"));
     let source = ManifestSource::start(SourceConfig::new(&args.manifests, node.clone()))
         .with_context(|| format!("watching {}", args.manifests.display()))?;
     tracing::info!(node = %node.as_str(), manifests = %args.manifests.display(), "berth node running static pods");

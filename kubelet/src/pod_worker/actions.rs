@@ -168,9 +168,16 @@ impl Backoff {
 
     /// How long the container must still wait, at `now`, to restart after
     /// an instance that exited at `finished_at` (unix nanoseconds).
-    pub fn remaining(&self, name: &str, hash: &str, finished_at: i64, now: i64) -> Option<Duration> {
+    pub fn remaining(
+        &self,
+        name: &str,
+        hash: &str,
+        finished_at: i64,
+        now: i64,
+    ) -> Option<Duration> {
         let delay = *self.delays.get(&Self::key(name, hash))?;
-        let since = Duration::from_nanos(u64::try_from(now.saturating_sub(finished_at)).unwrap_or(0));
+        let since =
+            Duration::from_nanos(u64::try_from(now.saturating_sub(finished_at)).unwrap_or(0));
         delay.checked_sub(since).filter(|d| !d.is_zero())
     }
 
@@ -178,7 +185,9 @@ impl Backoff {
     /// `finished_at`: the next one waits 10 s, then double, up to 5 min;
     /// a long run starts over.
     pub fn restarted(&mut self, name: &str, hash: &str, started_at: i64, finished_at: i64) {
-        let ran = Duration::from_nanos(u64::try_from(finished_at.saturating_sub(started_at)).unwrap_or(0));
+        let ran = Duration::from_nanos(
+            u64::try_from(finished_at.saturating_sub(started_at)).unwrap_or(0),
+        );
         let key = Self::key(name, hash);
         let next = match self.delays.get(&key) {
             Some(d) if ran < BACKOFF_RESET => (*d * 2).min(BACKOFF_MAX),
@@ -188,7 +197,11 @@ impl Backoff {
     }
 }
 
-fn latest<'a>(observed: &'a Observed, name: &str, sandbox: Option<&str>) -> Option<&'a ContainerState> {
+fn latest<'a>(
+    observed: &'a Observed,
+    name: &str,
+    sandbox: Option<&str>,
+) -> Option<&'a ContainerState> {
     observed
         .containers
         .iter()
@@ -202,7 +215,13 @@ fn next_restart_count(observed: &Observed, name: &str) -> u32 {
     latest(observed, name, None).map_or(0, |c| c.attempt.saturating_add(1))
 }
 
-fn start(kind: Kind, index: usize, c: &Container, observed: &Observed, replaces: Option<Replaced>) -> Start {
+fn start(
+    kind: Kind,
+    index: usize,
+    c: &Container,
+    observed: &Observed,
+    replaces: Option<Replaced>,
+) -> Start {
     Start {
         kind,
         index,
@@ -217,7 +236,9 @@ pub fn compute(pod: &Pod, observed: &Observed, backoff: &Backoff, now: i64) -> P
     let policy = RestartPolicy::of(pod);
     let empty = Vec::new();
     let spec = pod.spec.as_ref();
-    let inits = spec.and_then(|s| s.init_containers.as_ref()).unwrap_or(&empty);
+    let inits = spec
+        .and_then(|s| s.init_containers.as_ref())
+        .unwrap_or(&empty);
     let regulars = spec.map_or(&empty, |s| &s.containers);
     let mut actions = PodActions {
         kill_pod: false,
@@ -229,7 +250,10 @@ pub fn compute(pod: &Pod, observed: &Observed, backoff: &Backoff, now: i64) -> P
         outcome: Outcome::Running,
     };
 
-    let newest = observed.sandboxes.iter().max_by_key(|s| (s.created_at, s.attempt));
+    let newest = observed
+        .sandboxes
+        .iter()
+        .max_by_key(|s| (s.created_at, s.attempt));
     let ready = observed.sandboxes.iter().filter(|s| s.ready).count();
     let sandbox = match newest {
         Some(s) if s.ready && ready == 1 => s,
@@ -264,12 +288,27 @@ pub fn compute(pod: &Pod, observed: &Observed, backoff: &Backoff, now: i64) -> P
                 actions.start.push(start(Kind::Init, i, c, observed, None));
                 return actions;
             }
-            RunState::Exited { started_at, finished_at, .. } => {
+            RunState::Exited {
+                started_at,
+                finished_at,
+                ..
+            } => {
                 if policy == RestartPolicy::Never {
                     actions.kill_pod = true;
                     actions.outcome = Outcome::Failed;
                 } else {
-                    restart(&mut actions, Kind::Init, i, c, inst, observed, backoff, now, started_at, finished_at);
+                    restart(
+                        &mut actions,
+                        Kind::Init,
+                        i,
+                        c,
+                        inst,
+                        observed,
+                        backoff,
+                        now,
+                        started_at,
+                        finished_at,
+                    );
                 }
                 return actions;
             }
@@ -280,25 +319,46 @@ pub fn compute(pod: &Pod, observed: &Observed, backoff: &Backoff, now: i64) -> P
     let mut all_succeeded = true;
     for (i, c) in regulars.iter().enumerate() {
         let Some(inst) = latest(observed, &c.name, current) else {
-            actions.start.push(start(Kind::Regular, i, c, observed, None));
+            actions
+                .start
+                .push(start(Kind::Regular, i, c, observed, None));
             continue;
         };
         match inst.state {
             RunState::Running if inst.hash == container_hash(c) => keep += 1,
             RunState::Running => {
                 actions.kill.push(kill(inst, "its spec changed"));
-                actions.start.push(start(Kind::Regular, i, c, observed, None));
+                actions
+                    .start
+                    .push(start(Kind::Regular, i, c, observed, None));
             }
             RunState::Created | RunState::Unknown => {
                 actions.kill.push(kill(inst, "created but not running"));
                 if policy.restarts(1) {
-                    actions.start.push(start(Kind::Regular, i, c, observed, None));
+                    actions
+                        .start
+                        .push(start(Kind::Regular, i, c, observed, None));
                 }
             }
-            RunState::Exited { code, started_at, finished_at } => {
+            RunState::Exited {
+                code,
+                started_at,
+                finished_at,
+            } => {
                 all_succeeded &= code == 0;
                 if policy.restarts(code) {
-                    restart(&mut actions, Kind::Regular, i, c, inst, observed, backoff, now, started_at, finished_at);
+                    restart(
+                        &mut actions,
+                        Kind::Regular,
+                        i,
+                        c,
+                        inst,
+                        observed,
+                        backoff,
+                        now,
+                        started_at,
+                        finished_at,
+                    );
                 }
             }
         }
@@ -306,7 +366,11 @@ pub fn compute(pod: &Pod, observed: &Observed, backoff: &Backoff, now: i64) -> P
     if keep == 0 && actions.start.is_empty() && actions.backing_off.is_empty() {
         // Nothing runs and nothing will: the pod is done.
         actions.kill_pod = true;
-        actions.outcome = if all_succeeded { Outcome::Succeeded } else { Outcome::Failed };
+        actions.outcome = if all_succeeded {
+            Outcome::Succeeded
+        } else {
+            Outcome::Failed
+        };
     }
     actions
 }
@@ -360,21 +424,30 @@ fn new_sandbox(
 ) -> PodActions {
     actions.kill_pod = !observed.sandboxes.is_empty() || !observed.containers.is_empty();
     let succeeded = |c: &Container| {
-        latest(observed, &c.name, None).is_some_and(|i| matches!(i.state, RunState::Exited { code: 0, .. }))
+        latest(observed, &c.name, None)
+            .is_some_and(|i| matches!(i.state, RunState::Exited { code: 0, .. }))
     };
     // Under Never, a pod whose containers ran is over once its sandbox is.
     if policy == RestartPolicy::Never && newest.is_some() && !observed.containers.is_empty() {
-        actions.outcome = if regulars.iter().all(succeeded) { Outcome::Succeeded } else { Outcome::Failed };
+        actions.outcome = if regulars.iter().all(succeeded) {
+            Outcome::Succeeded
+        } else {
+            Outcome::Failed
+        };
         return actions;
     }
     if let Some(first) = inits.first() {
-        actions.start.push(start(Kind::Init, 0, first, observed, None));
+        actions
+            .start
+            .push(start(Kind::Init, 0, first, observed, None));
     } else {
         for (i, c) in regulars.iter().enumerate() {
             if policy == RestartPolicy::OnFailure && succeeded(c) {
                 continue;
             }
-            actions.start.push(start(Kind::Regular, i, c, observed, None));
+            actions
+                .start
+                .push(start(Kind::Regular, i, c, observed, None));
         }
     }
     if actions.start.is_empty() {

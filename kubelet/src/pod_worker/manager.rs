@@ -49,7 +49,10 @@ impl PodManager {
     /// (they went while the node was down). Pods still named are adopted
     /// by their workers, which see their running containers and keep them.
     async fn remove_orphans(&self, snapshot: &Snapshot) -> Result<(), ManagerError> {
-        let wanted: BTreeSet<&str> = snapshot.pods().filter_map(|p| p.metadata.uid.as_deref()).collect();
+        let wanted: BTreeSet<&str> = snapshot
+            .pods()
+            .filter_map(|p| p.metadata.uid.as_deref())
+            .collect();
         let found: BTreeSet<String> = self
             .shared
             .cri
@@ -160,7 +163,12 @@ impl PodManager {
         for w in self.workers.values() {
             w.terminate();
         }
-        let all: Vec<WorkerHandle> = self.workers.drain().map(|(_, w)| w).chain(self.leaving.drain(..)).collect();
+        let all: Vec<WorkerHandle> = self
+            .workers
+            .drain()
+            .map(|(_, w)| w)
+            .chain(self.leaving.drain(..))
+            .collect();
         futures::future::join_all(all.into_iter().map(WorkerHandle::join)).await;
         result
     }

@@ -19,8 +19,8 @@ use super::actions::{
 };
 use crate::cri_client::{CriClient, CriClientError};
 use crate::cri_config::container::{
-    CONTAINER_HASH_ANNOTATION, CONTAINER_NAME_LABEL, ContainerError, TERMINATION_GRACE_PERIOD_ANNOTATION,
-    container_config,
+    CONTAINER_HASH_ANNOTATION, CONTAINER_NAME_LABEL, ContainerError,
+    TERMINATION_GRACE_PERIOD_ANNOTATION, container_config,
 };
 use crate::cri_config::sandbox::{POD_UID_LABEL, SandboxError, sandbox_config};
 use crate::cri_config::{NodeContext, PodContext};
@@ -34,10 +34,7 @@ pub enum WorkerError {
     #[error(transparent)]
     Cri(#[from] CriClientError),
     #[error("pod {pod}: {source}")]
-    Sandbox {
-        pod: String,
-        source: SandboxError,
-    },
+    Sandbox { pod: String, source: SandboxError },
     #[error("pod {pod}, container {container}: {source}")]
     Container {
         pod: String,
@@ -111,16 +108,18 @@ pub async fn observe(cri: &CriClient, uid: &str) -> Result<Observed, CriClientEr
         let state = match v1::ContainerState::try_from(c.state) {
             Ok(v1::ContainerState::ContainerCreated) => RunState::Created,
             Ok(v1::ContainerState::ContainerRunning) => RunState::Running,
-            Ok(v1::ContainerState::ContainerExited) => match cri.container_status(&c.id, false).await {
-                Ok(s) => RunState::Exited {
-                    code: s.status.exit_code,
-                    started_at: s.status.started_at,
-                    finished_at: s.status.finished_at,
-                },
-                // Removed meanwhile: the next sync sees it gone.
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
-            },
+            Ok(v1::ContainerState::ContainerExited) => {
+                match cri.container_status(&c.id, false).await {
+                    Ok(s) => RunState::Exited {
+                        code: s.status.exit_code,
+                        started_at: s.status.started_at,
+                        finished_at: s.status.finished_at,
+                    },
+                    // Removed meanwhile: the next sync sees it gone.
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => return Err(e),
+                }
+            }
             _ => RunState::Unknown,
         };
         containers.push(ContainerState {
@@ -131,14 +130,21 @@ pub async fn observe(cri: &CriClient, uid: &str) -> Result<Observed, CriClientEr
                 .or_else(|| c.metadata.as_ref().map(|m| m.name.clone()))
                 .unwrap_or_default(),
             attempt: c.metadata.as_ref().map_or(0, |m| m.attempt),
-            hash: c.annotations.get(CONTAINER_HASH_ANNOTATION).cloned().unwrap_or_default(),
+            hash: c
+                .annotations
+                .get(CONTAINER_HASH_ANNOTATION)
+                .cloned()
+                .unwrap_or_default(),
             sandbox_id: c.pod_sandbox_id,
             created_at: c.created_at,
             state,
             id: c.id,
         });
     }
-    Ok(Observed { sandboxes, containers })
+    Ok(Observed {
+        sandboxes,
+        containers,
+    })
 }
 
 /// Stops and removes every container and sandbox of the pod `uid`, giving
@@ -152,14 +158,21 @@ pub async fn remove_pod(shared: &Shared, uid: &str, grace: Option<i64>) -> Resul
     for s in &observed.sandboxes {
         shared.cri.remove_pod_sandbox(&s.id).await?;
     }
-    shared.volumes.teardown(uid).map_err(|source| WorkerError::Volume {
-        pod: uid.to_owned(),
-        source,
-    })
+    shared
+        .volumes
+        .teardown(uid)
+        .map_err(|source| WorkerError::Volume {
+            pod: uid.to_owned(),
+            source,
+        })
 }
 
 /// Stops the running containers (together, as upstream) then the sandboxes.
-async fn stop_all(cri: &CriClient, observed: &Observed, grace: Option<i64>) -> Result<(), CriClientError> {
+async fn stop_all(
+    cri: &CriClient,
+    observed: &Observed,
+    grace: Option<i64>,
+) -> Result<(), CriClientError> {
     let stops = observed
         .containers
         .iter()
@@ -167,7 +180,10 @@ async fn stop_all(cri: &CriClient, observed: &Observed, grace: Option<i64>) -> R
         .map(|c| {
             let cri = cri.clone();
             let id = c.id.clone();
-            async move { cri.stop_container(&id, grace.unwrap_or(DEFAULT_GRACE_SECONDS)).await }
+            async move {
+                cri.stop_container(&id, grace.unwrap_or(DEFAULT_GRACE_SECONDS))
+                    .await
+            }
         });
     for r in futures::future::join_all(stops).await {
         match r {
@@ -193,9 +209,12 @@ pub async fn recorded_grace(cri: &CriClient, uid: &str) -> Option<i64> {
         }))
         .await
         .ok()?;
-    listed
-        .iter()
-        .find_map(|c| c.annotations.get(TERMINATION_GRACE_PERIOD_ANNOTATION)?.parse().ok())
+    listed.iter().find_map(|c| {
+        c.annotations
+            .get(TERMINATION_GRACE_PERIOD_ANNOTATION)?
+            .parse()
+            .ok()
+    })
 }
 
 /// One pod's state between syncs.
@@ -264,12 +283,14 @@ impl PodWorker {
         let volumes = match &self.volumes {
             Some(v) => v.clone(),
             None => {
-                let v = self.shared.volumes.setup(&self.pod, &self.shared.node).map_err(|source| {
-                    WorkerError::Volume {
+                let v = self
+                    .shared
+                    .volumes
+                    .setup(&self.pod, &self.shared.node)
+                    .map_err(|source| WorkerError::Volume {
                         pod: self.name.clone(),
                         source,
-                    }
-                })?;
+                    })?;
                 self.volumes = Some(v.clone());
                 v
             }
@@ -303,13 +324,17 @@ impl PodWorker {
                 .status
                 .network
                 .iter()
-                .flat_map(|n| std::iter::once(n.ip.as_str()).chain(n.additional_ips.iter().map(|a| a.ip.as_str())))
+                .flat_map(|n| {
+                    std::iter::once(n.ip.as_str())
+                        .chain(n.additional_ips.iter().map(|a| a.ip.as_str()))
+                })
                 .filter_map(|ip| ip.parse().ok())
                 .collect(),
             Err(_) => Vec::new(),
         };
-        let sandbox_config = sandbox_config(&self.context(attempt, pod_ips.clone()), &self.shared.node)
-            .map_err(sandbox_err)?;
+        let sandbox_config =
+            sandbox_config(&self.context(attempt, pod_ips.clone()), &self.shared.node)
+                .map_err(sandbox_err)?;
 
         let spec = self.pod.spec.clone().unwrap_or_default();
         for s in &actions.start {
@@ -326,18 +351,24 @@ impl PodWorker {
                 container: container.name.clone(),
                 source,
             };
-            let mut config =
-                container_config(&ctx, &self.shared.node, container, &image).map_err(container_err)?;
-            config.mounts = volumes.mounts_for(container).map_err(|source| WorkerError::Volume {
-                pod: self.name.clone(),
-                source,
-            })?;
-            let id = cri.create_container(&sandbox_id, config, sandbox_config.clone()).await?;
+            let mut config = container_config(&ctx, &self.shared.node, container, &image)
+                .map_err(container_err)?;
+            config.mounts =
+                volumes
+                    .mounts_for(container)
+                    .map_err(|source| WorkerError::Volume {
+                        pod: self.name.clone(),
+                        source,
+                    })?;
+            let id = cri
+                .create_container(&sandbox_id, config, sandbox_config.clone())
+                .await?;
             cri.start_container(&id).await?;
             tracing::info!(pod = %self.name, container = %container.name, restarts = s.restart_count, id = %id, "container started");
             if let Some(prev) = &s.replaces {
                 let hash = crate::cri_config::container::container_hash(container);
-                self.backoff.restarted(&container.name, &hash, prev.started_at, prev.finished_at);
+                self.backoff
+                    .restarted(&container.name, &hash, prev.started_at, prev.finished_at);
                 // Its restart count lives on in the new instance.
                 if let Err(e) = cri.remove_container(&prev.id).await {
                     tracing::warn!(pod = %self.name, container = %container.name, "removing the exited instance: {e}");
@@ -354,18 +385,31 @@ impl PodWorker {
         container: &Container,
         sandbox: &v1::PodSandboxConfig,
     ) -> Result<String, WorkerError> {
-        let image = container.image.clone().filter(|i| !i.is_empty()).ok_or_else(|| WorkerError::NoImage {
-            pod: self.name.clone(),
-            container: container.name.clone(),
-        })?;
+        let image = container
+            .image
+            .clone()
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| WorkerError::NoImage {
+                pod: self.name.clone(),
+                container: container.name.clone(),
+            })?;
         let spec = v1::ImageSpec {
             image: image.clone(),
             user_specified_image: image.clone(),
             ..Default::default()
         };
-        let policy = container.image_pull_policy.clone().unwrap_or_else(|| default_pull_policy(&image));
+        let policy = container
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| default_pull_policy(&image));
         if policy != "Always" {
-            if let Some(found) = self.shared.cri.image_status(spec.clone(), false).await?.status {
+            if let Some(found) = self
+                .shared
+                .cri
+                .image_status(spec.clone(), false)
+                .await?
+                .status
+            {
                 return Ok(found.id);
             }
             if policy == "Never" {
@@ -377,7 +421,11 @@ impl PodWorker {
             }
         }
         tracing::info!(pod = %self.name, container = %container.name, image = %image, "pulling");
-        Ok(self.shared.cri.pull_image(spec, None, Some(sandbox.clone())).await?)
+        Ok(self
+            .shared
+            .cri
+            .pull_image(spec, None, Some(sandbox.clone()))
+            .await?)
     }
 
     /// Stops the containers with the pod's grace period, then the sandbox,
