@@ -1,0 +1,241 @@
+//! `berth node` against a real `berth runtime`: static pods from a manifest
+//! directory come up, a crash-looping container is restarted with back-off,
+//! a deleted manifest's pod is removed, a bad manifest is reported without
+//! touching the others, and SIGTERM stops and removes every pod, exiting 0.
+//!
+//! The pods use the host's network: the daemon has no CNI config, and the
+//! fixture registry the node pulls busybox from listens on the test's network.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use berth_integration::cri::{CriDaemon, Options};
+use berth_integration::images;
+use berth_integration::registry::Registry;
+use berth_integration::runtime::berth_binary;
+use berth_integration::workdir::tempdir;
+use berth_kubelet::cri_client::CriClient;
+use berth_proto::v1;
+
+const NODE: &str = "testnode";
+
+/// Kills `berth node` if the test fails before it is stopped.
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn manifest(name: &str, image: &str, policy: &str, script: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  hostNetwork: true
+  restartPolicy: {policy}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {image}
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "{script}"]
+"#
+    )
+}
+
+fn by_pod(name: &str) -> HashMap<String, String> {
+    HashMap::from([(
+        "io.kubernetes.pod.name".to_owned(),
+        format!("{name}-{NODE}"),
+    )])
+}
+
+async fn containers(c: &CriClient, pod: &str) -> Result<Vec<v1::Container>> {
+    Ok(c.list_containers(Some(v1::ContainerFilter {
+        label_selector: by_pod(pod),
+        ..Default::default()
+    }))
+    .await?)
+}
+
+async fn sandboxes(c: &CriClient, pod: &str) -> Result<Vec<v1::PodSandbox>> {
+    Ok(c.list_pod_sandbox(Some(v1::PodSandboxFilter {
+        label_selector: by_pod(pod),
+        ..Default::default()
+    }))
+    .await?)
+}
+
+fn attempt(c: &v1::Container) -> u32 {
+    c.metadata.as_ref().map_or(0, |m| m.attempt)
+}
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, log: &Path, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await? {
+        if Instant::now() > deadline {
+            bail!(
+                "{what}: not within {timeout:?}; berth node's log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+#[test]
+fn static_pods_through_berth_node() -> Result<()> {
+    let reg = Registry::start()?;
+    reg.client().push("busybox", "1", images::busybox()?)?;
+    let image = reg.reference("busybox:1");
+    let d = CriDaemon::start(Options {
+        config: Some(String::new()),
+        ..Default::default()
+    })?;
+    let work = tempdir("node-")?;
+    let manifests = work.path().join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    let log = work.path().join("node.log");
+    std::fs::write(
+        manifests.join("bad.yaml"),
+        "apiVersion: v1\nkind: Pod\nspec: [oops\n",
+    )?;
+
+    let out = File::create(&log)?;
+    let mut node = Node(
+        Command::new(berth_binary()?)
+            .arg("node")
+            .arg("--manifests")
+            .arg(&manifests)
+            .arg("--runtime-endpoint")
+            .arg(format!("unix://{}", d.socket().display()))
+            .arg("--root")
+            .arg(work.path().join("root"))
+            .arg("--pod-log-dir")
+            .arg(work.path().join("logs"))
+            .args(["--node-name", NODE, "--resync-seconds", "1"])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting berth node")?,
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let c = CriClient::connect(
+            &format!("unix://{}", d.socket().display()),
+            Duration::from_secs(10),
+        )
+        .await?
+        .with_request_timeout(Duration::from_secs(30));
+
+        std::fs::write(
+            manifests.join("sleeper.yaml"),
+            manifest("sleeper", &image, "Always", "exec sleep 1000"),
+        )?;
+        wait_for(
+            "a running sleeper container",
+            Duration::from_secs(30),
+            &log,
+            || async {
+                Ok(containers(&c, "sleeper")
+                    .await?
+                    .iter()
+                    .any(|x| x.state == v1::ContainerState::ContainerRunning as i32))
+            },
+        )
+        .await?;
+
+        std::fs::write(
+            manifests.join("crasher.yaml"),
+            manifest("crasher", &image, "Always", "exit 1"),
+        )?;
+        wait_for(
+            "a restarted crasher container",
+            Duration::from_secs(20),
+            &log,
+            || async {
+                Ok(containers(&c, "crasher")
+                    .await?
+                    .iter()
+                    .any(|x| attempt(x) >= 1))
+            },
+        )
+        .await?;
+        // The first restart is at once, the second waits 10 s.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let now = containers(&c, "crasher").await?;
+        ensure!(
+            now.iter().all(|x| attempt(x) <= 1),
+            "restarted again without back-off: {now:?}"
+        );
+        let text = std::fs::read_to_string(&log)?;
+        ensure!(text.contains("back-off"), "no back-off logged:\n{text}");
+        ensure!(
+            text.contains("bad.yaml"),
+            "the bad manifest was not reported:\n{text}"
+        );
+
+        std::fs::remove_file(manifests.join("sleeper.yaml"))?;
+        wait_for(
+            "the sleeper pod removed",
+            Duration::from_secs(20),
+            &log,
+            || async {
+                Ok(containers(&c, "sleeper").await?.is_empty()
+                    && sandboxes(&c, "sleeper").await?.is_empty())
+            },
+        )
+        .await?;
+        ensure!(
+            !sandboxes(&c, "crasher").await?.is_empty(),
+            "the crasher pod went too"
+        );
+
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(node.0.id())?),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = node.0.try_wait()? {
+                break s;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "berth node did not exit on SIGTERM:\n{}",
+                    std::fs::read_to_string(&log)?
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        ensure!(
+            status.success(),
+            "berth node exited with {status}:\n{}",
+            std::fs::read_to_string(&log)?
+        );
+        let left = c.list_pod_sandbox(None).await?;
+        ensure!(left.is_empty(), "sandboxes left after SIGTERM: {left:?}");
+        let left = c.list_containers(None).await?;
+        ensure!(left.is_empty(), "containers left after SIGTERM: {left:?}");
+        Ok(())
+    })
+}
