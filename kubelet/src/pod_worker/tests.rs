@@ -1,3 +1,6 @@
+// A table row's columns are the test's arguments, however many.
+#![allow(clippy::too_many_arguments)]
+
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
