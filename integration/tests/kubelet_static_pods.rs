@@ -1,7 +1,9 @@
 //! `berth node` against a real `berth runtime`: static pods from a manifest
 //! directory come up, a crash-looping container is restarted with back-off,
-//! a deleted manifest's pod is removed, a bad manifest is reported without
-//! touching the others, and SIGTERM stops and removes every pod, exiting 0.
+//! a bad manifest is reported without touching the others, a node killed and
+//! started again keeps the running containers and removes the pod whose
+//! manifest went meanwhile, a deleted manifest's pod is removed, and SIGTERM
+//! stops and removes every pod, exiting 0.
 //!
 //! The pods use the host's network: the daemon has no CNI config, and the
 //! fixture registry the node pulls busybox from listens on the test's network.
@@ -115,25 +117,28 @@ fn static_pods_through_berth_node() -> Result<()> {
         "apiVersion: v1\nkind: Pod\nspec: [oops\n",
     )?;
 
-    let out = File::create(&log)?;
-    let mut node = Node(
-        Command::new(berth_binary()?)
-            .arg("node")
-            .arg("--manifests")
-            .arg(&manifests)
-            .arg("--runtime-endpoint")
-            .arg(format!("unix://{}", d.socket().display()))
-            .arg("--root")
-            .arg(work.path().join("root"))
-            .arg("--pod-log-dir")
-            .arg(work.path().join("logs"))
-            .args(["--node-name", NODE, "--resync-seconds", "1"])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting berth node")?,
-    );
+    let start_node = || -> Result<Node> {
+        let out = File::options().create(true).append(true).open(&log)?;
+        Ok(Node(
+            Command::new(berth_binary()?)
+                .arg("node")
+                .arg("--manifests")
+                .arg(&manifests)
+                .arg("--runtime-endpoint")
+                .arg(format!("unix://{}", d.socket().display()))
+                .arg("--root")
+                .arg(work.path().join("root"))
+                .arg("--pod-log-dir")
+                .arg(work.path().join("logs"))
+                .args(["--node-name", NODE, "--resync-seconds", "1"])
+                .stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out)
+                .spawn()
+                .context("starting berth node")?,
+        ))
+    };
+    let mut node = start_node()?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -194,7 +199,41 @@ fn static_pods_through_berth_node() -> Result<()> {
             "the bad manifest was not reported:\n{text}"
         );
 
+        // Killed and started again, the node keeps what runs and removes
+        // the pod whose manifest went meanwhile.
+        let running = |list: Vec<v1::Container>| -> Vec<String> {
+            list.into_iter()
+                .filter(|x| x.state == v1::ContainerState::ContainerRunning as i32)
+                .map(|x| x.id)
+                .collect()
+        };
+        let before = running(containers(&c, "sleeper").await?);
+        node.0.kill()?;
+        node.0.wait()?;
+        std::fs::remove_file(manifests.join("crasher.yaml"))?;
+        node = start_node()?;
+        wait_for(
+            "the crasher pod removed on start",
+            Duration::from_secs(20),
+            &log,
+            || async {
+                Ok(containers(&c, "crasher").await?.is_empty()
+                    && sandboxes(&c, "crasher").await?.is_empty())
+            },
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = running(containers(&c, "sleeper").await?);
+        ensure!(
+            before.len() == 1 && after == before,
+            "adopted {before:?}, now {after:?}"
+        );
+
         std::fs::remove_file(manifests.join("sleeper.yaml"))?;
+        std::fs::write(
+            manifests.join("last.yaml"),
+            manifest("last", &image, "Always", "exec sleep 1000"),
+        )?;
         wait_for(
             "the sleeper pod removed",
             Duration::from_secs(20),
@@ -205,10 +244,13 @@ fn static_pods_through_berth_node() -> Result<()> {
             },
         )
         .await?;
-        ensure!(
-            !sandboxes(&c, "crasher").await?.is_empty(),
-            "the crasher pod went too"
-        );
+        wait_for(
+            "a running last container",
+            Duration::from_secs(20),
+            &log,
+            || async { Ok(!running(containers(&c, "last").await?).is_empty()) },
+        )
+        .await?;
 
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(i32::try_from(node.0.id())?),
