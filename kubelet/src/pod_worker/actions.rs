@@ -422,7 +422,12 @@ fn new_sandbox(
     regulars: &[Container],
     observed: &Observed,
 ) -> PodActions {
-    actions.kill_pod = !observed.sandboxes.is_empty() || !observed.containers.is_empty();
+    // What is already stopped needs no second stop at every sync.
+    actions.kill_pod = observed.sandboxes.iter().any(|s| s.ready)
+        || observed
+            .containers
+            .iter()
+            .any(|c| !matches!(c.state, RunState::Exited { .. }));
     let succeeded = |c: &Container| {
         latest(observed, &c.name, None)
             .is_some_and(|i| matches!(i.state, RunState::Exited { code: 0, .. }))

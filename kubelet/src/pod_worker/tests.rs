@@ -87,9 +87,9 @@ fn pairs(v: &[(&str, u32)]) -> Vec<(String, u32)> {
 // A sandbox that died: all goes, a new one with the next attempt.
 #[case::sandbox_not_ready("Always", &[], &["a"], vec![sandbox("s", 2, false)], vec![inst("a", "s", 0, "run")], Some(3), true, &[("a", 1)])]
 // Never, once its containers ran, the pod is not recreated.
-#[case::never_is_over("Never", &[], &["a"], vec![sandbox("s", 0, false)], vec![inst("a", "s", 0, "0")], None, true, &[])]
+#[case::never_is_over("Never", &[], &["a"], vec![sandbox("s", 0, false)], vec![inst("a", "s", 0, "0")], None, false, &[])]
 // OnFailure with all succeeded: no new sandbox.
-#[case::onfailure_done("OnFailure", &[], &["a"], vec![sandbox("s", 0, false)], vec![inst("a", "s", 0, "0")], None, true, &[])]
+#[case::onfailure_done("OnFailure", &[], &["a"], vec![sandbox("s", 0, false)], vec![inst("a", "s", 0, "0")], None, false, &[])]
 fn sandbox_cases(
     #[case] policy: &str,
     #[case] inits: &[&str],

@@ -2,7 +2,7 @@
 //! and carries them out through the CRI client, as upstream's `SyncPod`; and
 //! tears it all down when the pod goes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -226,6 +226,8 @@ pub struct PodWorker {
     backoff: Backoff,
     volumes: Option<PodVolumes>,
     outcome: Option<Outcome>,
+    /// Containers whose back-off is logged.
+    backing_off: HashSet<String>,
 }
 
 impl PodWorker {
@@ -238,6 +240,7 @@ impl PodWorker {
             backoff: Backoff::default(),
             volumes: None,
             outcome: None,
+            backing_off: HashSet::new(),
         }
     }
 
@@ -261,8 +264,13 @@ impl PodWorker {
         let cri = self.shared.cri.clone();
         let observed = observe(&cri, &self.uid).await?;
         let actions = compute(&self.pod, &observed, &self.backoff, now_nanos());
+        // Once per wait, not at every sync of it.
+        self.backing_off
+            .retain(|n| actions.backing_off.iter().any(|(b, _)| b == n));
         for (name, wait) in &actions.backing_off {
-            tracing::info!(pod = %self.name, container = %name, "back-off {wait:.0?} restarting the failed container");
+            if self.backing_off.insert(name.clone()) {
+                tracing::info!(pod = %self.name, container = %name, "back-off {wait:.0?} restarting the failed container");
+            }
         }
         if actions.kill_pod {
             tracing::info!(pod = %self.name, "killing the pod's containers and sandbox");
