@@ -20,6 +20,7 @@ pub mod cri_client;
 pub mod cri_config;
 pub mod manifest;
 pub mod pod_worker;
+pub mod probe;
 pub mod source;
 pub mod static_pod;
 pub mod validation;

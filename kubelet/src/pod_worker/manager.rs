@@ -64,7 +64,7 @@ impl PodManager {
         for uid in found.iter().filter(|u| !wanted.contains(u.as_str())) {
             tracing::info!(uid = %uid, "removing a pod no manifest names any more");
             let grace = recorded_grace(&self.shared.cri, uid).await;
-            if let Err(e) = remove_pod(&self.shared, uid, grace).await {
+            if let Err(e) = remove_pod(&self.shared, uid, grace, None).await {
                 tracing::error!(uid = %uid, "removing the pod: {e}");
             }
         }

@@ -3,15 +3,15 @@
 //! tears it all down when the pod goes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_proto::v1;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use thiserror::Error;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::actions::{
@@ -24,10 +24,20 @@ use crate::cri_config::container::{
 };
 use crate::cri_config::sandbox::{POD_UID_LABEL, SandboxError, sandbox_config};
 use crate::cri_config::{NodeContext, PodContext};
+use crate::probe::handler::{Action, Target, run as run_action};
+use crate::probe::{ContainerProbes, ProbeKind, ProbeReport};
 use crate::volume::{PodVolumes, VolumeError, VolumeManager};
 
 /// Upstream's default `terminationGracePeriodSeconds`.
 pub const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// What a container keeps of its grace period however long its preStop hook
+/// took, as upstream's `minimumGracePeriodInSeconds`.
+const MINIMUM_GRACE_SECONDS: i64 = 2;
+
+/// Upstream lets a postStart hook run unbounded; a bound keeps a hung hook
+/// from stalling the pod's worker for good.
+const POST_START_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Error)]
 pub enum WorkerError {
@@ -149,9 +159,16 @@ pub async fn observe(cri: &CriClient, uid: &str) -> Result<Observed, CriClientEr
 
 /// Stops and removes every container and sandbox of the pod `uid`, giving
 /// running containers `grace` seconds, then tears down its volumes.
-pub async fn remove_pod(shared: &Shared, uid: &str, grace: Option<i64>) -> Result<(), WorkerError> {
+/// With `pod`, its containers' preStop hooks run first (a leftover found in
+/// the runtime has no spec, hence no hooks).
+pub async fn remove_pod(
+    shared: &Shared,
+    uid: &str,
+    grace: Option<i64>,
+    pod: Option<(&Pod, IpAddr)>,
+) -> Result<(), WorkerError> {
     let observed = observe(&shared.cri, uid).await?;
-    stop_all(&shared.cri, &observed, grace).await?;
+    stop_all(&shared.cri, &observed, grace, pod).await?;
     for c in &observed.containers {
         shared.cri.remove_container(&c.id).await?;
     }
@@ -172,18 +189,15 @@ async fn stop_all(
     cri: &CriClient,
     observed: &Observed,
     grace: Option<i64>,
+    pod: Option<(&Pod, IpAddr)>,
 ) -> Result<(), CriClientError> {
     let stops = observed
         .containers
         .iter()
         .filter(|c| !matches!(c.state, RunState::Exited { .. }))
         .map(|c| {
-            let cri = cri.clone();
-            let id = c.id.clone();
-            async move {
-                cri.stop_container(&id, grace.unwrap_or(DEFAULT_GRACE_SECONDS))
-                    .await
-            }
+            let spec = pod.and_then(|(p, ip)| Some((spec_container(p, &c.name)?, ip)));
+            stop_container(cri, &c.id, grace.unwrap_or(DEFAULT_GRACE_SECONDS), spec)
         });
     for r in futures::future::join_all(stops).await {
         match r {
@@ -198,6 +212,49 @@ async fn stop_all(
         }
     }
     Ok(())
+}
+
+/// The container of `pod` named `name`, init or regular.
+fn spec_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == name)
+}
+
+/// Stops the container `id`, running its preStop hook first when `spec` has
+/// one; the hook's time comes out of the grace period, as upstream.
+async fn stop_container(
+    cri: &CriClient,
+    id: &str,
+    grace: i64,
+    spec: Option<(&Container, IpAddr)>,
+) -> Result<(), CriClientError> {
+    let mut grace = grace;
+    let hook = spec.and_then(|(c, ip)| Some((c, ip, c.lifecycle.as_ref()?.pre_stop.as_ref()?)));
+    if let Some((container, pod_ip, hook)) = hook {
+        let began = Instant::now();
+        let target = Target {
+            cri: Some(cri),
+            container_id: id,
+            container,
+            pod_ip,
+        };
+        let limit = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
+        match Action::of_hook(hook) {
+            Ok(action) => {
+                let r = run_action(action, &target, limit).await;
+                if !r.is_success() {
+                    tracing::warn!(container = %container.name, id, "FailedPreStopHook: {r:?}");
+                }
+            }
+            Err(e) => tracing::warn!(container = %container.name, id, "FailedPreStopHook: {e}"),
+        }
+        let spent = i64::try_from(began.elapsed().as_secs()).unwrap_or(i64::MAX);
+        grace = grace.saturating_sub(spent).max(MINIMUM_GRACE_SECONDS);
+    }
+    cri.stop_container(id, grace).await
 }
 
 /// The grace period an adopted pod's containers were created with.
@@ -228,11 +285,22 @@ pub struct PodWorker {
     outcome: Option<Outcome>,
     /// Containers whose back-off is logged.
     backing_off: HashSet<String>,
+    /// The probes of each running container, by container ID.
+    probes: HashMap<String, ContainerProbes>,
+    reports: mpsc::UnboundedSender<ProbeReport>,
+    /// The last readiness reported of each probed container, by ID.
+    ready: HashMap<String, bool>,
+    /// The pod's IP as its sandbox reported it.
+    pod_ip: Option<IpAddr>,
 }
 
 impl PodWorker {
-    pub fn new(pod: Pod, shared: Arc<Shared>) -> Self {
+    pub fn new(pod: Pod, shared: Arc<Shared>, reports: mpsc::UnboundedSender<ProbeReport>) -> Self {
         Self {
+            probes: HashMap::new(),
+            reports,
+            ready: HashMap::new(),
+            pod_ip: None,
             name: pod.metadata.name.clone().unwrap_or_default(),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             pod,
@@ -250,6 +318,102 @@ impl PodWorker {
             .as_ref()
             .and_then(|s| s.termination_grace_period_seconds)
             .unwrap_or(DEFAULT_GRACE_SECONDS)
+    }
+
+    /// Where network probes and hooks go when they name no host: the pod's
+    /// IP, which for a hostNetwork pod is the node's.
+    fn probe_ip(&self) -> IpAddr {
+        let host_network = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let node = self.shared.node.host_ips.first().copied();
+        let ip = if host_network { node } else { self.pod_ip };
+        ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// Whether the container `id`'s readiness probe last reported it ready;
+    /// `None` when it has no readiness probe running.
+    pub fn ready(&self, id: &str) -> Option<bool> {
+        self.ready.get(id).copied()
+    }
+
+    /// Starts the probes of containers that run and have none yet, and drops
+    /// those of containers that no longer run.
+    pub async fn update_probes(&mut self) -> Result<(), WorkerError> {
+        let running: Vec<(String, String)> = self
+            .shared
+            .cri
+            .list_containers(Some(v1::ContainerFilter {
+                label_selector: uid_filter(&self.uid),
+                state: Some(v1::ContainerStateValue {
+                    state: v1::ContainerState::ContainerRunning as i32,
+                }),
+                ..Default::default()
+            }))
+            .await?
+            .into_iter()
+            .filter_map(|c| Some((c.id, c.labels.get(CONTAINER_NAME_LABEL)?.clone())))
+            .collect();
+        self.probes
+            .retain(|id, _| running.iter().any(|(r, _)| r == id));
+        self.ready.retain(|id, _| self.probes.contains_key(id));
+        let pod_ip = self.probe_ip();
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        for (id, name) in running {
+            if self.probes.contains_key(&id) {
+                continue;
+            }
+            // Init containers are not probed.
+            let Some(container) = spec.containers.iter().find(|c| c.name == name) else {
+                continue;
+            };
+            if let Some(p) = ContainerProbes::start(
+                self.shared.cri.clone(),
+                pod_ip,
+                container,
+                &id,
+                self.reports.clone(),
+            ) {
+                tracing::debug!(pod = %self.name, container = %name, "probing");
+                self.probes.insert(id, p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Acts on a probe's report: keeps readiness, kills a container that
+    /// failed its liveness or startup probe so that its restart policy
+    /// decides what follows.
+    pub async fn on_report(&mut self, r: ProbeReport) -> Result<(), WorkerError> {
+        if !self.probes.contains_key(&r.container_id) {
+            return Ok(());
+        }
+        match r.kind {
+            ProbeKind::Readiness => {
+                if self.ready.insert(r.container_id.clone(), r.success) != Some(r.success) {
+                    tracing::info!(pod = %self.name, container = %r.container_name, ready = r.success, "readiness {}", if r.success { "" } else { r.reason.as_str() });
+                }
+            }
+            ProbeKind::Startup if r.success => {
+                tracing::info!(pod = %self.name, container = %r.container_name, "startup probe passed");
+            }
+            ProbeKind::Liveness if r.success => {}
+            ProbeKind::Liveness | ProbeKind::Startup => {
+                tracing::info!(pod = %self.name, container = %r.container_name, "Container {} failed {} probe, will be restarted: {}", r.container_name, r.kind.name(), r.reason);
+                self.probes.remove(&r.container_id);
+                self.ready.remove(&r.container_id);
+                let spec =
+                    spec_container(&self.pod, &r.container_name).map(|c| (c, self.probe_ip()));
+                match stop_container(&self.shared.cri, &r.container_id, self.grace(), spec).await {
+                    Err(e) if !e.is_not_found() => return Err(e.into()),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     fn context(&self, attempt: u32, pod_ips: Vec<IpAddr>) -> PodContext<'_> {
@@ -274,11 +438,18 @@ impl PodWorker {
         }
         if actions.kill_pod {
             tracing::info!(pod = %self.name, "killing the pod's containers and sandbox");
-            stop_all(&cri, &observed, Some(self.grace())).await?;
+            stop_all(
+                &cri,
+                &observed,
+                Some(self.grace()),
+                Some((&self.pod, self.probe_ip())),
+            )
+            .await?;
         }
         for k in &actions.kill {
             tracing::info!(pod = %self.name, container = %k.name, "stopping the container: {}", k.reason);
-            cri.stop_container(&k.id, self.grace()).await?;
+            let spec = spec_container(&self.pod, &k.name).map(|c| (c, self.probe_ip()));
+            stop_container(&cri, &k.id, self.grace(), spec).await?;
         }
         if self.outcome != Some(actions.outcome) {
             tracing::info!(pod = %self.name, outcome = ?actions.outcome, "pod state");
@@ -340,6 +511,9 @@ impl PodWorker {
                 .collect(),
             Err(_) => Vec::new(),
         };
+        if let Some(ip) = pod_ips.first() {
+            self.pod_ip = Some(*ip);
+        }
         let sandbox_config =
             sandbox_config(&self.context(attempt, pod_ips.clone()), &self.shared.node)
                 .map_err(sandbox_err)?;
@@ -373,6 +547,7 @@ impl PodWorker {
                 .await?;
             cri.start_container(&id).await?;
             tracing::info!(pod = %self.name, container = %container.name, restarts = s.restart_count, id = %id, "container started");
+            self.post_start(container, &id).await?;
             if let Some(prev) = &s.replaces {
                 let hash = crate::cri_config::container::container_hash(container);
                 self.backoff
@@ -384,6 +559,45 @@ impl PodWorker {
             }
         }
         Ok(actions.outcome)
+    }
+
+    /// Runs `container`'s postStart hook, if any; killing it when the hook
+    /// fails, as upstream (`FailedPostStartHook`), leaves its restart to the
+    /// restart policy.
+    async fn post_start(&self, container: &Container, id: &str) -> Result<(), WorkerError> {
+        let Some(hook) = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.post_start.as_ref())
+        else {
+            return Ok(());
+        };
+        let target = Target {
+            cri: Some(&self.shared.cri),
+            container_id: id,
+            container,
+            pod_ip: self.probe_ip(),
+        };
+        let failure = match Action::of_hook(hook) {
+            Ok(action) => match run_action(action, &target, POST_START_TIMEOUT).await {
+                crate::probe::ProbeResult::Success => return Ok(()),
+                r => format!("{r:?}"),
+            },
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(pod = %self.name, container = %container.name, id, "FailedPostStartHook: {failure}; killing the container");
+        // The hook failed; preStop still runs, as upstream's killContainer.
+        match stop_container(
+            &self.shared.cri,
+            id,
+            self.grace(),
+            Some((container, self.probe_ip())),
+        )
+        .await
+        {
+            Err(e) if !e.is_not_found() => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     /// The image reference to create `container` with, pulled per its
@@ -439,7 +653,17 @@ impl PodWorker {
     /// Stops the containers with the pod's grace period, then the sandbox,
     /// removes them and tears down the volumes.
     pub async fn terminate(&mut self) -> Result<(), WorkerError> {
-        remove_pod(&self.shared, &self.uid, Some(self.grace())).await?;
+        // Probes must not kill what is being stopped.
+        self.probes.clear();
+        self.ready.clear();
+        let ip = self.probe_ip();
+        remove_pod(
+            &self.shared,
+            &self.uid,
+            Some(self.grace()),
+            Some((&self.pod, ip)),
+        )
+        .await?;
         self.volumes = None;
         tracing::info!(pod = %self.name, "pod terminated and removed");
         Ok(())
@@ -491,16 +715,31 @@ pub fn spawn(pod: Pod, shared: Arc<Shared>) -> WorkerHandle {
     let poke = Arc::new(Notify::new());
     let poked = poke.clone();
     let resync = shared.resync;
-    let mut worker = PodWorker::new(pod, shared);
+    let (reports, mut reported) = mpsc::unbounded_channel();
+    let mut worker = PodWorker::new(pod, shared, reports);
     let task = tokio::spawn(async move {
         while !*stopped.borrow() {
             if let Err(e) = worker.sync().await {
                 tracing::error!(pod = %worker.name, "sync failed: {e}");
             }
+            if let Err(e) = worker.update_probes().await {
+                tracing::error!(pod = %worker.name, "updating the probes: {e}");
+            }
             tokio::select! {
                 _ = stopped.changed() => {}
                 () = poked.notified() => {}
                 () = tokio::time::sleep(resync) => {}
+                Some(r) = reported.recv() => {
+                    let kill = !r.success && r.kind != ProbeKind::Readiness;
+                    if let Err(e) = worker.on_report(r).await {
+                        tracing::error!(pod = %worker.name, "acting on a probe: {e}");
+                    }
+                    // A killed container is restarted at the next sync;
+                    // readiness alone needs none.
+                    if !kill {
+                        continue;
+                    }
+                }
             }
         }
         // A runtime that is briefly away should not leave the pod behind.
