@@ -1,0 +1,243 @@
+//! `berth node` probes and hooks against a real `berth runtime`: a container
+//! whose liveness exec probe starts failing is killed and restarted, its
+//! postStart hook has run in it, and a tcpSocket readiness probe against a
+//! busybox `nc` listener reports the container ready.
+//!
+//! The pods use the host's network, as in `kubelet_static_pods.rs`; the
+//! readiness probe's listener is on a port picked free by the test.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use berth_integration::cri::{CriDaemon, Options};
+use berth_integration::images;
+use berth_integration::registry::Registry;
+use berth_integration::runtime::berth_binary;
+use berth_integration::workdir::tempdir;
+use berth_kubelet::cri_client::CriClient;
+use berth_proto::v1;
+
+const NODE: &str = "testnode";
+
+/// Kills `berth node` if the test fails before it is stopped.
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn liveness_pod(image: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: live
+spec:
+  hostNetwork: true
+  restartPolicy: Always
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {image}
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "touch /tmp/healthy; sleep 2; rm /tmp/healthy; exec sleep 1000"]
+    lifecycle:
+      postStart:
+        exec:
+          command: ["touch", "/tmp/post-started"]
+    livenessProbe:
+      exec:
+        command: ["cat", "/tmp/healthy"]
+      periodSeconds: 1
+      failureThreshold: 2
+"#
+    )
+}
+
+fn readiness_pod(image: &str, port: u16) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: ready
+spec:
+  hostNetwork: true
+  restartPolicy: Always
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: listener
+    image: {image}
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "while true; do nc -l -p {port} </dev/null; done"]
+    ports:
+    - name: probe
+      containerPort: {port}
+    readinessProbe:
+      tcpSocket:
+        port: probe
+      periodSeconds: 1
+"#
+    )
+}
+
+async fn containers(c: &CriClient, pod: &str) -> Result<Vec<v1::Container>> {
+    Ok(c.list_containers(Some(v1::ContainerFilter {
+        label_selector: HashMap::from([(
+            "io.kubernetes.pod.name".to_owned(),
+            format!("{pod}-{NODE}"),
+        )]),
+        ..Default::default()
+    }))
+    .await?)
+}
+
+fn attempt(c: &v1::Container) -> u32 {
+    c.metadata.as_ref().map_or(0, |m| m.attempt)
+}
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, log: &Path, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await? {
+        if Instant::now() > deadline {
+            bail!(
+                "{what}: not within {timeout:?}; berth node's log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+#[test]
+fn liveness_restarts_and_readiness_reports() -> Result<()> {
+    let reg = Registry::start()?;
+    reg.client().push("busybox", "1", images::busybox()?)?;
+    let image = reg.reference("busybox:1");
+    let d = CriDaemon::start(Options {
+        config: Some(String::new()),
+        ..Default::default()
+    })?;
+    let work = tempdir("node-")?;
+    let manifests = work.path().join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    let log = work.path().join("node.log");
+    // Free now; a race with another process taking it would only fail the
+    // readiness wait.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    std::fs::write(manifests.join("live.yaml"), liveness_pod(&image))?;
+    std::fs::write(manifests.join("ready.yaml"), readiness_pod(&image, port))?;
+
+    let out = File::options().create(true).append(true).open(&log)?;
+    let mut node = Node(
+        Command::new(berth_binary()?)
+            .arg("node")
+            .arg("--manifests")
+            .arg(&manifests)
+            .arg("--runtime-endpoint")
+            .arg(format!("unix://{}", d.socket().display()))
+            .arg("--root")
+            .arg(work.path().join("root"))
+            .arg("--pod-log-dir")
+            .arg(work.path().join("logs"))
+            .args(["--node-name", NODE, "--resync-seconds", "1"])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting berth node")?,
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let c = CriClient::connect(
+            &format!("unix://{}", d.socket().display()),
+            Duration::from_secs(10),
+        )
+        .await?
+        .with_request_timeout(Duration::from_secs(30));
+
+        wait_for(
+            "a running live container",
+            Duration::from_secs(30),
+            &log,
+            || async {
+                Ok(containers(&c, "live")
+                    .await?
+                    .iter()
+                    .any(|x| x.state == v1::ContainerState::ContainerRunning as i32))
+            },
+        )
+        .await?;
+        let first = containers(&c, "live")
+            .await?
+            .into_iter()
+            .find(|x| x.state == v1::ContainerState::ContainerRunning as i32)
+            .context("the live container stopped at once")?;
+        let r = c
+            .exec_sync(&first.id, vec!["ls".into(), "/tmp/post-started".into()], 5)
+            .await?;
+        ensure!(r.exit_code == 0, "the postStart hook did not run: {r:?}");
+
+        wait_for(
+            "the live container restarted after failing its liveness probe",
+            Duration::from_secs(30),
+            &log,
+            || async {
+                Ok(containers(&c, "live").await?.iter().any(|x| {
+                    attempt(x) >= 1 && x.state == v1::ContainerState::ContainerRunning as i32
+                }))
+            },
+        )
+        .await?;
+        let text = std::fs::read_to_string(&log)?;
+        ensure!(
+            text.contains("failed liveness probe, will be restarted"),
+            "no liveness kill in the log:\n{text}"
+        );
+
+        wait_for(
+            "the listener reported ready",
+            Duration::from_secs(20),
+            &log,
+            || async {
+                Ok(std::fs::read_to_string(&log)?
+                    .lines()
+                    .any(|l| l.contains("container=listener") && l.contains("ready=true")))
+            },
+        )
+        .await?;
+        anyhow::Ok(())
+    })?;
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(node.0.id())?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.0.try_wait()?.is_none() {
+        ensure!(
+            Instant::now() < deadline,
+            "berth node did not exit on SIGTERM:\n{}",
+            std::fs::read_to_string(&log)?
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
