@@ -15,6 +15,8 @@
 //! - [`pod_worker`]: a worker per pod that syncs it as upstream's `SyncPod` (sandbox, images,
 //!   volumes, init and regular containers, restarts with back-off) and a manager that follows the
 //!   manifest source.
+//! - [`probe`]: liveness, readiness and startup probes and lifecycle hook actions (exec, tcpSocket,
+//!   httpGet) with upstream's thresholds; the pod worker runs them and restarts what fails liveness.
 
 pub mod cri_client;
 pub mod cri_config;
