@@ -22,6 +22,7 @@
 
 pub mod container;
 pub mod dns;
+pub mod downward;
 pub mod env;
 pub mod qos;
 pub mod quantity;

@@ -18,8 +18,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Container, ObjectFieldSelector, Pod, ResourceFieldSelector};
 use thiserror::Error;
 
-use super::quantity::{Quantity, QuantityError};
-use super::resources::{CPU, EPHEMERAL_STORAGE, MEMORY, Requirements, ResourcesError};
+use super::downward::{DownwardError, format_map};
+use super::quantity::QuantityError;
+use super::resources::{Requirements, ResourcesError};
 use super::{NodeContext, PodContext};
 
 /// Errors of this module.
@@ -289,34 +290,6 @@ fn subscript<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
         .strip_suffix("']")
 }
 
-/// A whole label or annotation map as the downward API gives it: `key="value"`
-/// lines in key order, values quoted with escapes.
-fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
-    let lines: Vec<String> = map
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", quote(v)))
-        .collect();
-    lines.join("\n")
-}
-
-fn quote(value: &str) -> String {
-    let mut out = String::from("\"");
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// The value of a downward API `resourceFieldRef`: the request or limit divided
 /// by the divisor (default 1) and rounded up. A missing limit reads as the
 /// node's allocatable amount, as upstream.
@@ -346,56 +319,24 @@ fn resource_value(
             })?,
     };
     let requirements = Requirements::of(target)?;
-    let divisor_text = selector
-        .divisor
-        .as_ref()
-        .map(|d| d.0.as_str())
-        .unwrap_or("");
-    let bad_divisor = |source| EnvError::Divisor {
-        container: container.name.clone(),
-        var: var.to_owned(),
-        divisor: divisor_text.to_owned(),
-        source,
-    };
-    let divisor = match divisor_text {
-        "" => Quantity::from_units(1),
-        text => match Quantity::parse(text).map_err(|e| bad_divisor(Some(e)))? {
-            q if q.is_zero() => Quantity::from_units(1),
-            q => q,
+    let divisor = selector.divisor.as_ref().map_or("", |d| d.0.as_str());
+    super::downward::resource_value(
+        &requirements,
+        &node.allocatable,
+        &selector.resource,
+        divisor,
+    )
+    .map_err(|e| match e {
+        DownwardError::Divisor { divisor, source } => EnvError::Divisor {
+            container: container.name.clone(),
+            var: var.to_owned(),
+            divisor,
+            source,
         },
-    };
-    let unsupported = || EnvError::Resource {
-        container: container.name.clone(),
-        var: var.to_owned(),
-        resource: selector.resource.clone(),
-    };
-    let (list, resource) = selector.resource.split_once('.').ok_or_else(unsupported)?;
-    let amount = match list {
-        "requests" => requirements.request(resource),
-        "limits" => match requirements.limits.get(resource) {
-            Some(q) if !q.is_zero() => *q,
-            _ => match resource {
-                CPU => Quantity::from_millis(node.allocatable.cpu_millis),
-                MEMORY => Quantity::from_units(node.allocatable.memory),
-                EPHEMERAL_STORAGE => Quantity::from_units(node.allocatable.ephemeral_storage),
-                _ => Quantity::ZERO,
-            },
+        DownwardError::Resource(resource) => EnvError::Resource {
+            container: container.name.clone(),
+            var: var.to_owned(),
+            resource,
         },
-        _ => return Err(unsupported()),
-    };
-    let (numerator, denominator) = match resource {
-        CPU => (amount.milli_value(), divisor.milli_value()),
-        MEMORY | EPHEMERAL_STORAGE => (amount.value(), divisor.value()),
-        r if r.starts_with("hugepages-") => (amount.value(), divisor.value()),
-        _ => return Err(unsupported()),
-    };
-    if denominator <= 0 {
-        return Err(bad_divisor(None));
-    }
-    Ok(ceil_div(numerator, denominator).to_string())
-}
-
-fn ceil_div(n: i64, d: i64) -> i64 {
-    let q = n.div_euclid(d);
-    if n.rem_euclid(d) == 0 { q } else { q + 1 }
+    })
 }

@@ -19,8 +19,9 @@ use thiserror::Error;
 
 use super::atomic_writer::{FileProjection, Payload};
 use crate::cri_config::NodeContext;
-use crate::cri_config::quantity::{Quantity, QuantityError};
-use crate::cri_config::resources::{CPU, EPHEMERAL_STORAGE, MEMORY, Requirements, ResourcesError};
+use crate::cri_config::downward::{DownwardError, format_map, resource_value as resource_value_of};
+use crate::cri_config::quantity::QuantityError;
+use crate::cri_config::resources::{Requirements, ResourcesError};
 
 /// Upstream's default mode of projected files.
 pub const DEFAULT_MODE: u32 = 0o644;
@@ -389,44 +390,6 @@ fn field_value(pod: &Pod, path: &str, field: &str) -> Result<String, PayloadErro
     })
 }
 
-/// Labels or annotations as upstream's `FormatMap`: `key="value"` lines in
-/// key order, values quoted as Go's `%q`, no newline after the last.
-pub fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
-    let lines: Vec<String> = map
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", go_quote(v)))
-        .collect();
-    lines.join("\n")
-}
-
-fn go_quote(value: &str) -> String {
-    let mut out = String::from("\"");
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\u{b}' => out.push_str("\\v"),
-            c if u32::from(c) < 0x80 && c.is_control() => {
-                out.push_str(&format!("\\x{:02x}", u32::from(c)));
-            }
-            c if c.is_control() && u32::from(c) <= 0xffff => {
-                out.push_str(&format!("\\u{:04x}", u32::from(c)));
-            }
-            c if c.is_control() => out.push_str(&format!("\\U{:08x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// A `resourceFieldRef`: the named container's request or limit (an unset
 /// limit reads as the node's allocatable amount), divided by the divisor and
 /// rounded up, as upstream.
@@ -451,52 +414,22 @@ fn resource_value(
             container: wanted.to_owned(),
         })?;
     let requirements = Requirements::of(container)?;
-    let divisor_text = selector.divisor.as_ref().map_or("", |d| d.0.as_str());
-    let bad_divisor = |source| PayloadError::Divisor {
-        path: path.to_owned(),
-        divisor: divisor_text.to_owned(),
-        source,
-    };
-    let divisor = match divisor_text {
-        "" => Quantity::from_units(1),
-        text => match Quantity::parse(text).map_err(|e| bad_divisor(Some(e)))? {
-            q if q.is_zero() => Quantity::from_units(1),
-            q => q,
+    let divisor = selector.divisor.as_ref().map_or("", |d| d.0.as_str());
+    resource_value_of(
+        &requirements,
+        &src.node.allocatable,
+        &selector.resource,
+        divisor,
+    )
+    .map_err(|e| match e {
+        DownwardError::Divisor { divisor, source } => PayloadError::Divisor {
+            path: path.to_owned(),
+            divisor,
+            source,
         },
-    };
-    let unsupported = || PayloadError::Resource {
-        path: path.to_owned(),
-        resource: selector.resource.clone(),
-    };
-    let (list, resource) = selector.resource.split_once('.').ok_or_else(unsupported)?;
-    let allocatable = &src.node.allocatable;
-    let amount = match list {
-        "requests" => requirements.request(resource),
-        "limits" => match requirements.limits.get(resource) {
-            Some(q) if !q.is_zero() => *q,
-            _ => match resource {
-                CPU => Quantity::from_millis(allocatable.cpu_millis),
-                MEMORY => Quantity::from_units(allocatable.memory),
-                EPHEMERAL_STORAGE => Quantity::from_units(allocatable.ephemeral_storage),
-                _ => Quantity::ZERO,
-            },
+        DownwardError::Resource(resource) => PayloadError::Resource {
+            path: path.to_owned(),
+            resource,
         },
-        _ => return Err(unsupported()),
-    };
-    let (numerator, denominator) = match resource {
-        CPU => (amount.milli_value(), divisor.milli_value()),
-        MEMORY | EPHEMERAL_STORAGE => (amount.value(), divisor.value()),
-        r if r.starts_with("hugepages-") => (amount.value(), divisor.value()),
-        _ => return Err(unsupported()),
-    };
-    if denominator <= 0 {
-        return Err(bad_divisor(None));
-    }
-    let quotient = numerator.div_euclid(denominator);
-    let rounded = if numerator.rem_euclid(denominator) == 0 {
-        quotient
-    } else {
-        quotient + 1
-    };
-    Ok(rounded.to_string())
+    })
 }
