@@ -58,6 +58,7 @@ pub mod image_store;
 pub mod images;
 pub mod leak;
 pub mod netns;
+pub mod node;
 pub mod oci;
 pub mod proc;
 pub mod registry;

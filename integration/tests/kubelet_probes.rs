@@ -6,32 +6,16 @@
 //! The pods use the host's network, as in `kubelet_static_pods.rs`; the
 //! readiness probe's listener is on a port picked free by the test.
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use berth_integration::cri::{CriDaemon, Options};
 use berth_integration::images;
+use berth_integration::node::{Node, attempt, containers, wait_for};
 use berth_integration::registry::Registry;
-use berth_integration::runtime::berth_binary;
 use berth_integration::workdir::tempdir;
 use berth_kubelet::cri_client::CriClient;
 use berth_proto::v1;
-
-const NODE: &str = "testnode";
-
-/// Kills `berth node` if the test fails before it is stopped.
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn liveness_pod(image: &str) -> String {
     format!(
@@ -87,39 +71,6 @@ spec:
     )
 }
 
-async fn containers(c: &CriClient, pod: &str) -> Result<Vec<v1::Container>> {
-    Ok(c.list_containers(Some(v1::ContainerFilter {
-        label_selector: HashMap::from([(
-            "io.kubernetes.pod.name".to_owned(),
-            format!("{pod}-{NODE}"),
-        )]),
-        ..Default::default()
-    }))
-    .await?)
-}
-
-fn attempt(c: &v1::Container) -> u32 {
-    c.metadata.as_ref().map_or(0, |m| m.attempt)
-}
-
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, log: &Path, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await? {
-        if Instant::now() > deadline {
-            bail!(
-                "{what}: not within {timeout:?}; berth node's log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
-}
-
 #[test]
 fn liveness_restarts_and_readiness_reports() -> Result<()> {
     let reg = Registry::start()?;
@@ -141,25 +92,7 @@ fn liveness_restarts_and_readiness_reports() -> Result<()> {
     std::fs::write(manifests.join("live.yaml"), liveness_pod(&image))?;
     std::fs::write(manifests.join("ready.yaml"), readiness_pod(&image, port))?;
 
-    let out = File::options().create(true).append(true).open(&log)?;
-    let mut node = Node(
-        Command::new(berth_binary()?)
-            .arg("node")
-            .arg("--manifests")
-            .arg(&manifests)
-            .arg("--runtime-endpoint")
-            .arg(format!("unix://{}", d.socket().display()))
-            .arg("--root")
-            .arg(work.path().join("root"))
-            .arg("--pod-log-dir")
-            .arg(work.path().join("logs"))
-            .args(["--node-name", NODE, "--resync-seconds", "1"])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting berth node")?,
-    );
+    let mut node = Node::start(&manifests, &d.socket(), work.path(), &log)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
