@@ -3,6 +3,7 @@
 //! links `berth cni install` makes) it is that CNI plugin.
 
 mod cni;
+mod daemon;
 mod image;
 mod log;
 mod node;

@@ -2,7 +2,6 @@
 //! manifest directory on a CRI runtime, adopting the pods it already runs,
 //! and on SIGTERM or SIGINT stops and removes them all and exits 0.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -46,40 +45,8 @@ pub struct Args {
 }
 
 pub fn main(args: Args) -> i32 {
-    init_logging(args.debug);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("berth node: starting the async runtime: {e}");
-            return 1;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => 0,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("berth node: {e:#}");
-            1
-        }
-    }
-}
-
-fn init_logging(debug: bool) {
-    let default = if debug {
-        "info,berth=debug,berth_kubelet=debug"
-    } else {
-        "info"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    crate::daemon::init_logging(args.debug, "berth=debug,berth_kubelet=debug");
+    crate::daemon::main("node", || run(args))
 }
 
 /// The machine's memory in bytes, from `/proc/meminfo`; 0 when unreadable.

@@ -3,7 +3,7 @@
 //! SIGTERM or SIGINT stops accepting, lets running calls finish, removes its
 //! socket and exits 0.
 
-use std::io::{ErrorKind, IsTerminal};
+use std::io::ErrorKind;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -52,44 +52,11 @@ pub struct Args {
 }
 
 pub fn main(args: Args) -> i32 {
-    init_logging(args.debug);
-    limit_malloc_arenas();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("berth runtime: starting the async runtime: {e}");
-            return 1;
-        }
-    };
-    match rt.block_on(serve(args)) {
-        Ok(()) => 0,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("berth runtime: {e:#}");
-            1
-        }
-    }
-}
-
-/// A daemon logs what it does at info level, unlike the one-shot commands.
-fn init_logging(debug: bool) {
-    // Debug is berth's own; the HTTP/2 and TLS stacks stay at info.
-    let default = if debug {
-        "info,berth=debug,berth_runtime=debug,berth_cni=debug"
-    } else {
-        "info"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal, not for a journal or log file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    crate::daemon::init_logging(
+        args.debug,
+        "berth=debug,berth_runtime=debug,berth_cni=debug",
+    );
+    crate::daemon::main("runtime", || serve(args))
 }
 
 async fn serve(args: Args) -> Result<()> {
@@ -209,16 +176,4 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
         };
         tracing::info!(signal = name, "shutting down");
     })
-}
-
-/// glibc gives each thread that allocates its own arena (up to eight per
-/// core), and memory freed into one arena is not reused by another: with the
-/// async workers and the blocking pool, a daemon that pulled an image and ran
-/// some pods would keep a dozen partly filled arenas. Two are plenty for a
-/// daemon whose threads mostly wait.
-fn limit_malloc_arenas() {
-    // SAFETY: mallopt takes two integers; called before any other thread exists.
-    if unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) } != 1 {
-        tracing::debug!("mallopt(M_ARENA_MAX) refused; keeping glibc's arenas");
-    }
 }
