@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use berth_integration::cri::{CriDaemon, Options};
 use berth_integration::images;
 use berth_integration::node::{Node, attempt, containers, wait_for};
@@ -118,15 +118,28 @@ fn liveness_restarts_and_readiness_reports() -> Result<()> {
             },
         )
         .await?;
-        let first = containers(&c, "live")
-            .await?
-            .into_iter()
-            .find(|x| x.state == v1::ContainerState::ContainerRunning as i32)
-            .context("the live container stopped at once")?;
-        let r = c
-            .exec_sync(&first.id, vec!["ls".into(), "/tmp/post-started".into()], 5)
-            .await?;
-        ensure!(r.exit_code == 0, "the postStart hook did not run: {r:?}");
+        // postStart runs after StartContainer, while the runtime already
+        // reports the container running: poll for what it made.
+        wait_for(
+            "the postStart hook's file in the live container",
+            Duration::from_secs(10),
+            &log,
+            || async {
+                for x in containers(&c, "live").await? {
+                    if x.state != v1::ContainerState::ContainerRunning as i32 {
+                        continue;
+                    }
+                    let r = c
+                        .exec_sync(&x.id, vec!["ls".into(), "/tmp/post-started".into()], 5)
+                        .await;
+                    if r.is_ok_and(|r| r.exit_code == 0) {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            },
+        )
+        .await?;
 
         wait_for(
             "the live container restarted after failing its liveness probe",
