@@ -11,6 +11,7 @@ use berth_kubelet::cri_config::{Allocatable, NodeContext};
 use berth_kubelet::pod_worker::{PodManager, Shared};
 use berth_kubelet::source::{ManifestSource, SourceConfig};
 use berth_kubelet::static_pod::NodeName;
+use berth_kubelet::status::PodStatusStore;
 use berth_kubelet::volume::{DEFAULT_ROOT, VolumeManager};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
@@ -102,6 +103,7 @@ async fn run(args: Args) -> Result<()> {
         volumes: VolumeManager::new(&args.root, config_dir),
         node: node_ctx,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
+        statuses: PodStatusStore::new(),
     });
     let shutdown = async move {
         tokio::select! {

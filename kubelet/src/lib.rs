@@ -15,6 +15,8 @@
 //! - [`pod_worker`]: a worker per pod that syncs it as upstream's `SyncPod` (sandbox, images,
 //!   volumes, init and regular containers, restarts with back-off) and a manager that follows the
 //!   manifest source.
+//! - [`status`]: each pod's status (phase, conditions, container statuses) as upstream computes it,
+//!   kept for the HTTP API and `berth pods`.
 //! - [`probe`]: liveness, readiness and startup probes and lifecycle hook actions (exec, tcpSocket,
 //!   httpGet) with upstream's thresholds; the pod worker runs them and restarts what fails liveness.
 
@@ -25,5 +27,6 @@ pub mod pod_worker;
 pub mod probe;
 pub mod source;
 pub mod static_pod;
+pub mod status;
 pub mod validation;
 pub mod volume;

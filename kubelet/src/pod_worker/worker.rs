@@ -26,6 +26,7 @@ use crate::cri_config::sandbox::{POD_UID_LABEL, SandboxError, sandbox_config};
 use crate::cri_config::{NodeContext, PodContext};
 use crate::probe::handler::{Action, Target, run as run_action};
 use crate::probe::{ContainerProbes, ProbeKind, ProbeReport};
+use crate::status::PodStatusStore;
 use crate::volume::{PodVolumes, VolumeError, VolumeManager};
 
 /// Upstream's default `terminationGracePeriodSeconds`.
@@ -78,6 +79,8 @@ pub struct Shared {
     pub node: NodeContext,
     /// How often a pod is synced without a change or event.
     pub resync: Duration,
+    /// Every pod's latest status, for the HTTP API.
+    pub statuses: PodStatusStore,
 }
 
 fn now_nanos() -> i64 {
