@@ -37,6 +37,10 @@ pub struct Args {
     /// Where containers' logs go, a directory per pod.
     #[arg(long, default_value = "/var/log/pods")]
     pod_log_dir: PathBuf,
+    /// The node's address (`status.hostIP`, hostNetwork pods' IP, where
+    /// their probes go); default: the source address of the default route.
+    #[arg(long)]
+    node_ip: Option<std::net::IpAddr>,
     /// How often each pod is synced when nothing happens, in seconds.
     #[arg(long, default_value_t = 5)]
     resync_seconds: u64,
@@ -48,6 +52,19 @@ pub struct Args {
 pub fn main(args: Args) -> i32 {
     crate::daemon::init_logging(args.debug, "berth=debug,berth_kubelet=debug");
     crate::daemon::main("node", || run(args))
+}
+
+/// The address this host's traffic leaves from: the source the kernel picks
+/// for the default route (a UDP connect sends nothing). `None` without a
+/// default route.
+fn default_route_ip() -> Option<std::net::IpAddr> {
+    let probe = |bind: &str, to: &str| {
+        let s = std::net::UdpSocket::bind(bind).ok()?;
+        s.connect(to).ok()?;
+        Some(s.local_addr().ok()?.ip())
+    };
+    // TEST-NET addresses: routed by the default route, never contacted.
+    probe("0.0.0.0:0", "192.0.2.1:9").or_else(|| probe("[::]:0", "[2001:db8::1]:9"))
 }
 
 /// The machine's memory in bytes, from `/proc/meminfo`; 0 when unreadable.
@@ -78,6 +95,11 @@ async fn run(args: Args) -> Result<()> {
     let cri = CriClient::connect(&args.runtime_endpoint, Duration::from_secs(30))
         .await
         .with_context(|| format!("connecting to the runtime at {}", args.runtime_endpoint))?;
+    let runtime_name = cri
+        .version()
+        .await
+        .context("asking the runtime for its version")?
+        .runtime_name;
     let memory = memory_capacity();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let node_ctx = NodeContext {
@@ -89,6 +111,7 @@ async fn run(args: Args) -> Result<()> {
             ephemeral_storage: 0,
         },
         pod_log_root: args.pod_log_dir.clone(),
+        host_ips: args.node_ip.or_else(default_route_ip).into_iter().collect(),
         ..NodeContext::default()
     };
     let config_dir = args
@@ -104,6 +127,7 @@ async fn run(args: Args) -> Result<()> {
         node: node_ctx,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         statuses: PodStatusStore::new(),
+        runtime_name,
     });
     let shutdown = async move {
         tokio::select! {

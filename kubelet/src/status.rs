@@ -7,10 +7,17 @@
 //!   probes' verdicts, the `PodStatus` upstream would report;
 //! - [`PodStatusStore`]: the latest pod of every worker, with its status.
 
+pub mod compute;
+
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Pod;
+
+pub use compute::{Instance, PodView, Waiting, pod_status};
 
 /// The pods of the node with their latest status, by UID. Cheap to clone;
 /// every clone sees the same pods.

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_proto::v1;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use thiserror::Error;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -26,7 +27,7 @@ use crate::cri_config::sandbox::{POD_UID_LABEL, SandboxError, sandbox_config};
 use crate::cri_config::{NodeContext, PodContext};
 use crate::probe::handler::{Action, Target, run as run_action};
 use crate::probe::{ContainerProbes, ProbeKind, ProbeReport};
-use crate::status::PodStatusStore;
+use crate::status::{Instance, PodStatusStore, PodView, Waiting, pod_status};
 use crate::volume::{PodVolumes, VolumeError, VolumeManager};
 
 /// Upstream's default `terminationGracePeriodSeconds`.
@@ -81,6 +82,8 @@ pub struct Shared {
     pub resync: Duration,
     /// Every pod's latest status, for the HTTP API.
     pub statuses: PodStatusStore,
+    /// The runtime's name, the scheme of the container IDs in pod statuses.
+    pub runtime_name: String,
 }
 
 fn now_nanos() -> i64 {
@@ -295,6 +298,41 @@ pub struct PodWorker {
     ready: HashMap<String, bool>,
     /// The pod's IP as its sandbox reported it.
     pod_ip: Option<IpAddr>,
+    /// What the status reports beyond the runtime's view.
+    report: StatusInputs,
+}
+
+/// What the pod's status needs beyond what the runtime lists.
+#[derive(Debug)]
+struct StatusInputs {
+    /// When the worker took the pod in (`status.startTime`).
+    start_time: Timestamp,
+    /// Each container's status in the runtime, fetched once per instance
+    /// and state.
+    details: HashMap<String, (RunState, v1::ContainerStatus)>,
+    /// The current sandbox's ID and addresses.
+    sandbox_ips: Option<(String, Vec<IpAddr>)>,
+    /// Containers waiting to be restarted, by name, and why.
+    waiting: BTreeMap<String, Waiting>,
+    /// Containers whose startup probe passed, by ID.
+    started: HashSet<String>,
+    /// The status published last.
+    last: Option<PodStatus>,
+}
+
+/// Whether two observations of an instance are the same state (a running
+/// instance's details do not change; an exited one's are final).
+fn same_state(a: RunState, b: RunState) -> bool {
+    std::mem::discriminant(&a) == std::mem::discriminant(&b)
+}
+
+/// A back-off as upstream prints durations (`40s`, `2m40s`).
+fn go_duration(d: Duration) -> String {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    match secs / 60 {
+        0 => format!("{secs}s"),
+        m => format!("{m}m{}s", secs % 60),
+    }
 }
 
 impl PodWorker {
@@ -304,6 +342,14 @@ impl PodWorker {
             reports,
             ready: HashMap::new(),
             pod_ip: None,
+            report: StatusInputs {
+                start_time: Timestamp::now(),
+                details: HashMap::new(),
+                sandbox_ips: None,
+                waiting: BTreeMap::new(),
+                started: HashSet::new(),
+                last: None,
+            },
             name: pod.metadata.name.clone().unwrap_or_default(),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             pod,
@@ -401,6 +447,7 @@ impl PodWorker {
                 }
             }
             ProbeKind::Startup if r.success => {
+                self.report.started.insert(r.container_id.clone());
                 tracing::info!(pod = %self.name, container = %r.container_name, "startup probe passed");
             }
             ProbeKind::Liveness if r.success => {}
@@ -434,6 +481,21 @@ impl PodWorker {
         // Once per wait, not at every sync of it.
         self.backing_off
             .retain(|n| actions.backing_off.iter().any(|(b, _)| b == n));
+        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        self.report.waiting = actions
+            .backing_off
+            .iter()
+            .map(|(name, wait)| {
+                let message = format!(
+                    "back-off {} restarting failed container={name} pod={}_{namespace}({})",
+                    go_duration(*wait),
+                    self.name,
+                    self.uid
+                );
+                let reason = "CrashLoopBackOff".to_owned();
+                (name.clone(), Waiting { reason, message })
+            })
+            .collect();
         for (name, wait) in &actions.backing_off {
             if self.backing_off.insert(name.clone()) {
                 tracing::info!(pod = %self.name, container = %name, "back-off {wait:.0?} restarting the failed container");
@@ -502,16 +564,7 @@ impl PodWorker {
             (None, None) => return Ok(actions.outcome),
         };
         let pod_ips = match cri.pod_sandbox_status(&sandbox_id, false).await {
-            Ok(s) => s
-                .status
-                .network
-                .iter()
-                .flat_map(|n| {
-                    std::iter::once(n.ip.as_str())
-                        .chain(n.additional_ips.iter().map(|a| a.ip.as_str()))
-                })
-                .filter_map(|ip| ip.parse().ok())
-                .collect(),
+            Ok(s) => sandbox_ips(&s.status),
             Err(_) => Vec::new(),
         };
         if let Some(ip) = pod_ips.first() {
@@ -653,6 +706,97 @@ impl PodWorker {
             .await?)
     }
 
+    /// Computes the pod's status from a fresh look at the runtime and
+    /// publishes it in the shared store.
+    pub async fn publish_status(&mut self) -> Result<(), WorkerError> {
+        let cri = self.shared.cri.clone();
+        let observed = observe(&cri, &self.uid).await?;
+        let report = &mut self.report;
+        report
+            .details
+            .retain(|id, _| observed.containers.iter().any(|c| &c.id == id));
+        report
+            .started
+            .retain(|id| observed.containers.iter().any(|c| &c.id == id));
+        let mut instances = Vec::with_capacity(observed.containers.len());
+        for c in &observed.containers {
+            let known = report
+                .details
+                .get(&c.id)
+                .is_some_and(|(s, _)| same_state(*s, c.state));
+            if !known {
+                match cri.container_status(&c.id, false).await {
+                    Ok(s) => {
+                        report.details.insert(c.id.clone(), (c.state, s.status));
+                    }
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let Some((_, d)) = report.details.get(&c.id) else {
+                continue;
+            };
+            instances.push(Instance {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                attempt: c.attempt,
+                created_at: c.created_at,
+                state: c.state,
+                started_at: d.started_at,
+                reason: d.reason.clone(),
+                message: d.message.clone(),
+                image: d
+                    .image
+                    .as_ref()
+                    .map(|i| i.image.clone())
+                    .unwrap_or_default(),
+                image_ref: d.image_ref.clone(),
+                ready: self.ready.get(&c.id).copied(),
+                started: report.started.contains(&c.id).then_some(true),
+            });
+        }
+        let sandbox = observed.sandboxes.iter().max_by_key(|s| s.created_at);
+        let sandbox_ready = sandbox.is_some_and(|s| s.ready);
+        match sandbox {
+            Some(s)
+                if report
+                    .sandbox_ips
+                    .as_ref()
+                    .is_none_or(|(id, _)| *id != s.id) =>
+            {
+                let ips = match cri.pod_sandbox_status(&s.id, false).await {
+                    Ok(st) => sandbox_ips(&st.status),
+                    Err(e) if e.is_not_found() => Vec::new(),
+                    Err(e) => return Err(e.into()),
+                };
+                report.sandbox_ips = Some((s.id.clone(), ips));
+            }
+            Some(_) => {}
+            None => report.sandbox_ips = None,
+        }
+        let no_ips = Vec::new();
+        let pod_ips = report.sandbox_ips.as_ref().map_or(&no_ips, |(_, ips)| ips);
+        let status = pod_status(&PodView {
+            pod: &self.pod,
+            runtime_name: &self.shared.runtime_name,
+            sandbox_ready,
+            pod_ips,
+            host_ips: &self.shared.node.host_ips,
+            start_time: report.start_time,
+            instances: &instances,
+            waiting: &report.waiting,
+            previous: report.last.as_ref(),
+            now: Timestamp::now(),
+        });
+        if report.last.as_ref() != Some(&status) {
+            let mut pod = self.pod.clone();
+            pod.status = Some(status.clone());
+            self.shared.statuses.set(pod);
+            report.last = Some(status);
+        }
+        Ok(())
+    }
+
     /// Stops the containers with the pod's grace period, then the sandbox,
     /// removes them and tears down the volumes.
     pub async fn terminate(&mut self) -> Result<(), WorkerError> {
@@ -671,6 +815,18 @@ impl PodWorker {
         tracing::info!(pod = %self.name, "pod terminated and removed");
         Ok(())
     }
+}
+
+/// The addresses a sandbox reports, primary first.
+fn sandbox_ips(status: &v1::PodSandboxStatus) -> Vec<IpAddr> {
+    status
+        .network
+        .iter()
+        .flat_map(|n| {
+            std::iter::once(n.ip.as_str()).chain(n.additional_ips.iter().map(|a| a.ip.as_str()))
+        })
+        .filter_map(|ip| ip.parse().ok())
+        .collect()
 }
 
 /// Upstream's default: `Always` for `:latest` or no tag, unless pinned by digest.
@@ -728,6 +884,9 @@ pub fn spawn(pod: Pod, shared: Arc<Shared>) -> WorkerHandle {
             if let Err(e) = worker.update_probes().await {
                 tracing::error!(pod = %worker.name, "updating the probes: {e}");
             }
+            if let Err(e) = worker.publish_status().await {
+                tracing::warn!(pod = %worker.name, "computing the pod's status: {e}");
+            }
             tokio::select! {
                 _ = stopped.changed() => {}
                 () = poked.notified() => {}
@@ -748,7 +907,10 @@ pub fn spawn(pod: Pod, shared: Arc<Shared>) -> WorkerHandle {
         // A runtime that is briefly away should not leave the pod behind.
         for attempt in 1..=3 {
             match worker.terminate().await {
-                Ok(()) => return,
+                Ok(()) => {
+                    worker.shared.statuses.remove(&worker.uid);
+                    return;
+                }
                 Err(e) => {
                     tracing::error!(pod = %worker.name, attempt, "terminating the pod: {e}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
