@@ -10,6 +10,7 @@
 //!   cgroup parent, DNS, environment, resources, security), pure, as upstream's `kuberuntime`;
 //! - [`volume`]: a pod's volumes on the node (emptyDir, hostPath, configMap, secret, downwardAPI,
 //!   projected, files written atomically) and its containers' CRI mounts, as upstream's volume plugins.
+//! - [`config`]: the `KubeletConfiguration` file, strictly decoded, with upstream's fields berth ignores named.
 //! - [`cri_client`]: the runtime's unix socket as typed async CRI v1 calls with upstream's deadlines
 //!   and errors that keep the RPC and the gRPC code; the only way the kubelet reaches a runtime.
 //! - [`pod_worker`]: a worker per pod that syncs it as upstream's `SyncPod` (sandbox, images,
@@ -20,6 +21,7 @@
 //! - [`probe`]: liveness, readiness and startup probes and lifecycle hook actions (exec, tcpSocket,
 //!   httpGet) with upstream's thresholds; the pod worker runs them and restarts what fails liveness.
 
+pub mod config;
 pub mod cri_client;
 pub mod cri_config;
 pub mod manifest;
