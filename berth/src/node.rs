@@ -3,11 +3,13 @@
 //! and on SIGTERM or SIGINT stops and removes them all and exits 0.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use berth_kubelet::cri_client::CriClient;
 use berth_kubelet::cri_config::{Allocatable, NodeContext};
+use berth_kubelet::pod_cgroup::{HostCgroups, PodCgroups};
 use berth_kubelet::pod_worker::{PodManager, Shared};
 use berth_kubelet::source::{ManifestSource, SourceConfig};
 use berth_kubelet::static_pod::NodeName;
@@ -41,6 +43,14 @@ pub struct Args {
     /// their probes go); default: the source address of the default route.
     #[arg(long)]
     node_ip: Option<std::net::IpAddr>,
+    /// Where the pods' cgroups go: `<root>/kubepods/{burstable,besteffort}/pod<uid>`
+    /// (upstream's `--cgroup-root`). Default: the runtime's own cgroup root
+    /// when it reports one (berth's does), else `/berth`.
+    #[arg(long)]
+    cgroup_root: Option<String>,
+    /// Make the QoS class and pod cgroups (upstream's `--cgroups-per-qos`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    cgroups_per_qos: bool,
     /// How often each pod is synced when nothing happens, in seconds.
     #[arg(long, default_value_t = 5)]
     resync_seconds: u64,
@@ -65,6 +75,20 @@ fn default_route_ip() -> Option<std::net::IpAddr> {
     };
     // TEST-NET addresses: routed by the default route, never contacted.
     probe("0.0.0.0:0", "192.0.2.1:9").or_else(|| probe("[::]:0", "[2001:db8::1]:9"))
+}
+
+/// Where pod cgroups go when neither the flag nor the runtime says: inside
+/// the cgroup every berth component uses.
+const DEFAULT_CGROUP_ROOT: &str = "/berth";
+
+/// The cgroup root the runtime creates containers under, from its verbose
+/// status (berth's runtime reports `config.cgroupRoot`), so that the pod
+/// cgroups the kubelet makes are the parents of the runtime's.
+async fn runtime_cgroup_root(cri: &CriClient) -> Option<String> {
+    let status = cri.status(true).await.ok()?;
+    let config: serde_json::Value = serde_json::from_str(status.info.get("config")?).ok()?;
+    let root = config.get("cgroupRoot")?.as_str()?.trim_matches('/');
+    (!root.is_empty()).then(|| format!("/{root}"))
 }
 
 /// The machine's memory in bytes, from `/proc/meminfo`; 0 when unreadable.
@@ -100,6 +124,12 @@ async fn run(args: Args) -> Result<()> {
         .await
         .context("asking the runtime for its version")?
         .runtime_name;
+    let cgroup_root = match &args.cgroup_root {
+        Some(r) => r.clone(),
+        None => runtime_cgroup_root(&cri)
+            .await
+            .unwrap_or_else(|| DEFAULT_CGROUP_ROOT.to_owned()),
+    };
     let memory = memory_capacity();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let node_ctx = NodeContext {
@@ -111,6 +141,11 @@ async fn run(args: Args) -> Result<()> {
             ephemeral_storage: 0,
         },
         pod_log_root: args.pod_log_dir.clone(),
+        cgroup_root: if args.cgroups_per_qos {
+            cgroup_root.clone()
+        } else {
+            String::new()
+        },
         host_ips: args.node_ip.or_else(default_route_ip).into_iter().collect(),
         ..NodeContext::default()
     };
@@ -118,6 +153,16 @@ async fn run(args: Args) -> Result<()> {
         .config_dir
         .clone()
         .unwrap_or_else(|| args.root.join("config"));
+    let pod_cgroups = if args.cgroups_per_qos {
+        let fs = HostCgroups::discover().context("finding the cgroup hierarchies")?;
+        let cgroups = PodCgroups::new(Arc::new(fs), &cgroup_root);
+        cgroups
+            .ensure_classes()
+            .context("creating the QoS class cgroups (--cgroups-per-qos=false to leave cgroups to the runtime)")?;
+        Some(cgroups)
+    } else {
+        None
+    };
     let source = ManifestSource::start(SourceConfig::new(&args.manifests, node.clone()))
         .with_context(|| format!("watching {}", args.manifests.display()))?;
     tracing::info!(node = %node.as_str(), manifests = %args.manifests.display(), "berth node running static pods");
@@ -128,6 +173,7 @@ async fn run(args: Args) -> Result<()> {
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         statuses: PodStatusStore::new(),
         runtime_name,
+        pod_cgroups,
     });
     let shutdown = async move {
         tokio::select! {

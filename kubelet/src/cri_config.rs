@@ -69,6 +69,9 @@ pub struct NodeContext {
     pub allocatable: Allocatable,
     /// The cgroup driver shared with the runtime.
     pub cgroup_driver: CgroupDriver,
+    /// Where `kubepods` is (`cgroupRoot`, cgroupfs driver only): `/berth`
+    /// puts pods in `/berth/kubepods/…`; empty is the root.
+    pub cgroup_root: String,
     /// Where pods' log directories go (`/var/log/pods`).
     pub pod_log_root: PathBuf,
     /// Where `Localhost` seccomp profiles are (`/var/lib/kubelet/seccomp`).
@@ -92,6 +95,7 @@ impl Default for NodeContext {
             memory_capacity: 0,
             allocatable: Allocatable::default(),
             cgroup_driver: CgroupDriver::default(),
+            cgroup_root: String::new(),
             pod_log_root: PathBuf::from("/var/log/pods"),
             seccomp_profile_root: PathBuf::from("/var/lib/kubelet/seccomp"),
             seccomp_default: false,

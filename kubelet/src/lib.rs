@@ -13,6 +13,7 @@
 //! - [`config`]: the `KubeletConfiguration` file, strictly decoded, with upstream's fields berth ignores named.
 //! - [`cri_client`]: the runtime's unix socket as typed async CRI v1 calls with upstream's deadlines
 //!   and errors that keep the RPC and the gRPC code; the only way the kubelet reaches a runtime.
+//! - [`pod_cgroup`]: the QoS class and pod cgroups under `kubepods` (cgroupfs driver; v1 and v2).
 //! - [`pod_worker`]: a worker per pod that syncs it as upstream's `SyncPod` (sandbox, images,
 //!   volumes, init and regular containers, restarts with back-off) and a manager that follows the
 //!   manifest source.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod cri_client;
 pub mod cri_config;
 pub mod manifest;
+pub mod pod_cgroup;
 pub mod pod_worker;
 pub mod probe;
 pub mod source;

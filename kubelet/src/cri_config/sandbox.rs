@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use thiserror::Error;
 
 use super::dns::{self, DnsError};
-use super::qos::{self, QosClass};
+use super::qos::{self, CgroupDriver, QosClass};
 use super::resources::ResourcesError;
 use super::{NodeContext, PodContext};
 
@@ -169,7 +169,14 @@ fn linux_config(
             .flat_map(|s| s.supplemental_groups.iter().flatten()),
     );
     LinuxPodSandboxConfig {
-        cgroup_parent: qos::cgroup_parent(qos, id.uid, node.cgroup_driver),
+        cgroup_parent: match node.cgroup_driver {
+            CgroupDriver::Cgroupfs if !node.cgroup_root.trim_matches('/').is_empty() => format!(
+                "/{}{}",
+                node.cgroup_root.trim_matches('/'),
+                qos::cgroup_parent(qos, id.uid, node.cgroup_driver)
+            ),
+            _ => qos::cgroup_parent(qos, id.uid, node.cgroup_driver),
+        },
         security_context: Some(LinuxSandboxSecurityContext {
             namespace_options: Some(namespace_options(spec)),
             run_as_user: sc

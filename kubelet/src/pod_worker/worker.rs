@@ -25,6 +25,7 @@ use crate::cri_config::container::{
 };
 use crate::cri_config::sandbox::{POD_UID_LABEL, SandboxError, sandbox_config};
 use crate::cri_config::{NodeContext, PodContext};
+use crate::pod_cgroup::{PodCgroupError, PodCgroups};
 use crate::probe::handler::{Action, Target, run as run_action};
 use crate::probe::{ContainerProbes, ProbeKind, ProbeReport};
 use crate::status::{Instance, PodStatusStore, PodView, Waiting, pod_status};
@@ -65,6 +66,8 @@ pub enum WorkerError {
     },
     #[error("pod {pod}, container {container}: no image given")]
     NoImage { pod: String, container: String },
+    #[error("pod {pod}: {source}")]
+    Cgroup { pod: String, source: PodCgroupError },
     #[error("creating the log directory {path}: {source}")]
     LogDir {
         path: String,
@@ -84,6 +87,8 @@ pub struct Shared {
     pub statuses: PodStatusStore,
     /// The runtime's name, the scheme of the container IDs in pod statuses.
     pub runtime_name: String,
+    /// The pods' cgroups, when the kubelet makes them (`cgroupsPerQOS`).
+    pub pod_cgroups: Option<PodCgroups>,
 }
 
 fn now_nanos() -> i64 {
@@ -180,6 +185,14 @@ pub async fn remove_pod(
     }
     for s in &observed.sandboxes {
         shared.cri.remove_pod_sandbox(&s.id).await?;
+    }
+    if let Some(cgroups) = &shared.pod_cgroups {
+        cgroups
+            .remove_pod(uid)
+            .map_err(|source| WorkerError::Cgroup {
+                pod: uid.to_owned(),
+                source,
+            })?;
     }
     shared
         .volumes
@@ -556,6 +569,14 @@ impl PodWorker {
                     path: dir.display().to_string(),
                     source,
                 })?;
+                if let Some(cgroups) = &self.shared.pod_cgroups {
+                    cgroups
+                        .ensure_pod(&self.pod)
+                        .map_err(|source| WorkerError::Cgroup {
+                            pod: self.name.clone(),
+                            source,
+                        })?;
+                }
                 let id = cri.run_pod_sandbox(config, "").await?;
                 tracing::info!(pod = %self.name, sandbox = %id, attempt, "sandbox running");
                 (id, *attempt)
