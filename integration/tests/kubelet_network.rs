@@ -99,7 +99,10 @@ fn http_get_in(netns: &Path, addr: SocketAddr) -> Result<String> {
         let (head, body) = text
             .split_once("\r\n\r\n")
             .with_context(|| format!("not an HTTP response: {text:?}"))?;
-        ensure!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "{head}");
+        ensure!(
+            head.starts_with("HTTP/1.") && head.contains(" 200 "),
+            "{head}"
+        );
         Ok(body.to_owned())
     })
     .join()
