@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use berth_integration::LeakCheck;
 use berth_integration::containerd::{Containerd, CriOptions};
 use berth_integration::images::{self, busybox_config};
 use berth_integration::netns::NetNs;
@@ -64,6 +65,13 @@ fn running(list: &[v1::Container]) -> Vec<&v1::Container> {
 
 #[test]
 fn berth_node_runs_static_pods_on_containerd() -> Result<()> {
+    let check = LeakCheck::start();
+    static_pods_on_containerd()?;
+    // containerd, its shims, the pods' cgroups and mounts are gone.
+    check.assert_clean(Duration::from_secs(20))
+}
+
+fn static_pods_on_containerd() -> Result<()> {
     // Dropped in reverse: the node, containerd (and its pods), the namespace.
     let netns = NetNs::new("kctrd")?;
     let ipam = tempdir("ipam-")?;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, ensure};
+use berth_integration::LeakCheck;
 use berth_integration::cri::{CriDaemon, Options};
 use berth_integration::images;
 use berth_integration::netns::NetNs;
@@ -116,6 +117,13 @@ fn in_subnet(ip: Ipv4Addr) -> bool {
 
 #[test]
 fn pod_network_host_port_and_shared_empty_dir() -> Result<()> {
+    let check = LeakCheck::start();
+    pod_network_scenario()?;
+    // The daemon, its pods' processes, cgroups and mounts are gone.
+    check.assert_clean(Duration::from_secs(20))
+}
+
+fn pod_network_scenario() -> Result<()> {
     // Dropped in reverse: the node, then the daemon (and its pods), then
     // the namespace.
     let netns = NetNs::new("knet")?;
