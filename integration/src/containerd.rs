@@ -102,7 +102,6 @@ impl Containerd {
     /// and waits until the plugin is loaded. Its socket is the CRI endpoint;
     /// ctr works in the CRI namespace ([`CRI_NAMESPACE`]).
     pub fn start_cri(opts: &CriOptions) -> Result<Containerd> {
-        use std::os::unix::fs::PermissionsExt;
         check_installed()?;
         let network = opts
             .conflist
@@ -114,66 +113,13 @@ impl Containerd {
         let dir = tempdir("containerd-")?.keep();
         let socket = dir.join("c.sock");
         let cgroup_root = unique_id("berth-it-ctrd-cri");
-        // containerd's runc options take a binary, not arguments or
-        // environment: a wrapper puts berth-oci's cgroups under our root.
-        let berth = crate::runtime::berth_binary()?;
-        let wrapper = dir.join("berth-oci");
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nBERTH_CGROUP_ROOT={cgroup_root} exec {} oci \"$@\"\n",
-                berth.display()
-            ),
-        )?;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
-        for d in ["cni/net.d", "cni/bin", "runc"] {
-            std::fs::create_dir_all(dir.join(d))?;
-        }
-        std::fs::write(
-            dir.join("cni/net.d/10-test.conflist"),
-            serde_json::to_vec_pretty(&opts.conflist)?,
-        )?;
-        let out = Command::new(berth)
-            .args(["cni", "install", "--dir"])
-            .arg(dir.join("cni/bin"))
-            .output()
-            .context("running berth cni install")?;
-        if !out.status.success() {
-            bail!(
-                "berth cni install: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let mut config = base_config(&dir, &socket, &[]);
-        config.push_str(&format!(
-            r#"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{image}"
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-  # Root here lacks CAP_SYS_RESOURCE: no negative oom_score_adj.
-  restrict_oom_score_adj = true
-  # Pod network namespaces in our state dir, not /run/netns.
-  netns_mounts_under_state_dir = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        BinaryName = "{wrapper}"
-        Root = "{d}/runc"
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{d}/cni/bin"
-    conf_dir = "{d}/cni/net.d"
-    max_conf_num = 1
-"#,
-            image = opts.sandbox_image,
-            wrapper = wrapper.display(),
-            d = dir.display(),
-        ));
+        let config = match cri_config(&dir, &socket, &cgroup_root, opts) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         let c = Self::launch(
             dir,
             socket,
@@ -435,6 +381,73 @@ impl CriCleanup {
             let _ = std::fs::remove_dir(CNI_CACHE);
         }
     }
+}
+
+/// Writes a CRI daemon's files into `dir` (the berth-oci wrapper, the CNI
+/// config and plugins) and returns its config.toml.
+fn cri_config(dir: &Path, socket: &Path, cgroup_root: &str, opts: &CriOptions) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    // containerd's runc options take a binary, not arguments or
+    // environment: a wrapper puts berth-oci's cgroups under our root.
+    let berth = crate::runtime::berth_binary()?;
+    let wrapper = dir.join("berth-oci");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nBERTH_CGROUP_ROOT={cgroup_root} exec {} oci \"$@\"\n",
+            berth.display()
+        ),
+    )?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    for d in ["cni/net.d", "cni/bin", "runc"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::write(
+        dir.join("cni/net.d/10-test.conflist"),
+        serde_json::to_vec_pretty(&opts.conflist)?,
+    )?;
+    let out = Command::new(berth)
+        .args(["cni", "install", "--dir"])
+        .arg(dir.join("cni/bin"))
+        .output()
+        .context("running berth cni install")?;
+    if !out.status.success() {
+        bail!(
+            "berth cni install: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut config = base_config(dir, socket, &[]);
+    config.push_str(&format!(
+        r#"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{image}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  # Root here lacks CAP_SYS_RESOURCE: no negative oom_score_adj.
+  restrict_oom_score_adj = true
+  # Pod network namespaces in our state dir, not /run/netns.
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = "{wrapper}"
+        Root = "{d}/runc"
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni/bin"
+    conf_dir = "{d}/cni/net.d"
+    max_conf_num = 1
+"#,
+        image = opts.sandbox_image,
+        wrapper = wrapper.display(),
+        d = dir.display(),
+    ));
+    Ok(config)
 }
 
 /// The config every private containerd shares: paths in `dir`, the socket,
