@@ -1,5 +1,10 @@
 //! A private containerd 1.6 daemon: own socket, root, state and namespace,
 //! all in a temp dir; killed and removed on drop, with its containers.
+//!
+//! [`Containerd::start_cri`] starts one with its CRI plugin instead, for a
+//! kubelet to talk to: inside a test network namespace, with a CNI config,
+//! a sandbox image the test imports, and berth-oci as its runc under a cgroup
+//! root of its own.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,7 +32,36 @@ pub struct Containerd {
     /// Whether /run/containerd existed before (ctr and the shims create
     /// `fifo/` and `s/` there).
     run_dir_existed: bool,
+    /// With the CRI plugin: what else to clean up.
+    cri: Option<CriCleanup>,
 }
+
+/// How to start a containerd with its CRI plugin.
+pub struct CriOptions {
+    /// The network namespace containerd runs in (`nsenter --net=`): pod
+    /// bridges, veths and nftables rules go there.
+    pub netns: PathBuf,
+    /// The pod sandbox ("pause") image; the test imports it before the
+    /// first pod ([`Containerd::import`]), since nothing is pulled.
+    pub sandbox_image: String,
+    /// A conflist; its `name` should be unique (libcni's result cache in
+    /// /var/lib/cni is keyed by it, and cleaned up by it).
+    pub conflist: serde_json::Value,
+}
+
+/// What a CRI containerd leaves outside its temp dir.
+struct CriCleanup {
+    /// The cgroup berth-oci puts every container under (`BERTH_CGROUP_ROOT`).
+    cgroup_root: String,
+    /// The CNI network name: libcni's cache files start with it.
+    network: String,
+    /// Whether /var/lib/cni existed before (libcni makes `results/` there).
+    cni_dir_existed: bool,
+}
+
+/// The CRI plugin's image namespace.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+const CNI_CACHE: &str = "/var/lib/cni";
 
 const RUN_DIR: &str = "/run/containerd";
 
@@ -58,37 +92,111 @@ impl Containerd {
     /// Starts containerd (CRI plugin disabled) and waits until it answers.
     pub fn start() -> Result<Containerd> {
         check_installed()?;
-        let run_dir_existed = Path::new(RUN_DIR).exists();
         let dir = tempdir("containerd-")?.keep();
         let socket = dir.join("c.sock");
-        let config = format!(
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing",
-]
+        let config = base_config(&dir, &socket, &["io.containerd.grpc.v1.cri"]);
+        Self::launch(dir, socket, config, None, unique_id("berth-it-ctrd"), None)
+    }
 
-[grpc]
-  address = "{s}"
+    /// Starts containerd with its CRI plugin on `opts` (see [`CriOptions`])
+    /// and waits until the plugin is loaded. Its socket is the CRI endpoint;
+    /// ctr works in the CRI namespace ([`CRI_NAMESPACE`]).
+    pub fn start_cri(opts: &CriOptions) -> Result<Containerd> {
+        check_installed()?;
+        let network = opts
+            .conflist
+            .get("name")
+            .and_then(|n| n.as_str())
+            .context("the conflist has no name")?
+            .to_owned();
+        let cni_dir_existed = Path::new(CNI_CACHE).exists();
+        let dir = tempdir("containerd-")?.keep();
+        let socket = dir.join("c.sock");
+        let cgroup_root = unique_id("berth-it-ctrd-cri");
+        let config = match cri_config(&dir, &socket, &cgroup_root, opts) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let c = Self::launch(
+            dir,
+            socket,
+            config,
+            Some(&opts.netns),
+            CRI_NAMESPACE.to_owned(),
+            Some(CriCleanup {
+                cgroup_root,
+                network,
+                cni_dir_existed,
+            }),
+        )?;
+        let ready = wait_until(Duration::from_secs(30), "containerd's CRI plugin", || {
+            let out = c.ctr_timeout(&["plugins", "ls"], Duration::from_secs(10))?;
+            Ok(out
+                .stdout
+                .lines()
+                .any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() >= 3
+                        && f[0] == "io.containerd.grpc.v1"
+                        && f[1] == "cri"
+                        && f[f.len() - 1] == "ok"
+                })
+                .then_some(()))
+        });
+        with_log(&c, ready)?;
+        Ok(c)
+    }
 
-[ttrpc]
-  address = "{s}.ttrpc"
+    /// The CRI endpoint (`unix://…`) of a [`Containerd::start_cri`] daemon.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
 
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-"#,
-            d = dir.display(),
-            s = socket.display()
-        );
+    /// The cgroup root of a CRI daemon's containers (none without CRI).
+    pub fn cgroup_root(&self) -> Option<&str> {
+        self.cri.as_ref().map(|c| c.cgroup_root.as_str())
+    }
+
+    /// Imports images into this daemon's namespace (`ctr images import` of
+    /// an OCI layout), as an air-gapped node is preloaded.
+    pub fn import(&self, refs: &[(&str, &dyn crate::oci::Artifact)]) -> Result<()> {
+        let tar = self.dir.join(format!("{}.tar", unique_id("images")));
+        crate::oci::write_oci_archive(&tar, refs)?;
+        let path = tar.to_string_lossy().into_owned();
+        self.ctr(&["images", "import", &path])?.check()?;
+        let ls = self.ctr(&["images", "ls", "-q"])?.check()?;
+        for (name, _) in refs {
+            if !ls.stdout.lines().any(|l| l.trim() == *name) {
+                bail!("{name} not listed after import: {ls}");
+            }
+        }
+        let _ = std::fs::remove_file(tar);
+        Ok(())
+    }
+
+    fn launch(
+        dir: PathBuf,
+        socket: PathBuf,
+        config: String,
+        netns: Option<&Path>,
+        namespace: String,
+        cri: Option<CriCleanup>,
+    ) -> Result<Containerd> {
+        let run_dir_existed = Path::new(RUN_DIR).exists();
         std::fs::write(dir.join("config.toml"), config)?;
-        let mut cmd = Command::new("containerd");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .arg("--")
+                    .arg("containerd");
+                c
+            }
+            None => Command::new("containerd"),
+        };
         cmd.arg("--config")
             .arg(dir.join("config.toml"))
             .env("PATH", path_env());
@@ -96,10 +204,11 @@ disabled_plugins = [
         let mut c = Containerd {
             dir,
             socket,
-            namespace: unique_id("berth-it-ctrd"),
+            namespace,
             daemon: Some(daemon),
             seq: AtomicU64::new(0),
             run_dir_existed,
+            cri,
         };
         let ready = wait_until(Duration::from_secs(30), "containerd to answer", || {
             if let Some(d) = &c.daemon
@@ -212,6 +321,9 @@ disabled_plugins = [
             }
         }
         self.remove_namespace_cgroups();
+        if let Some(cri) = &self.cri {
+            cri.clean();
+        }
         for m in mounts_below(&self.dir).into_iter().rev() {
             if let Ok(c) = std::ffi::CString::new(m.to_string_lossy().as_bytes()) {
                 // SAFETY: detaching a mount below our own temp dir.
@@ -242,6 +354,134 @@ disabled_plugins = [
             }
         }
     }
+}
+
+impl CriCleanup {
+    /// Kills and removes the containers' cgroups and drops libcni's cache
+    /// entries of our network (pods that never had their CNI DEL).
+    fn clean(&self) {
+        for h in proc::cgroup_hierarchies() {
+            let root = h.join(&self.cgroup_root);
+            if root.is_dir() {
+                kill_and_remove_cgroup(&root);
+            }
+        }
+        let results = Path::new(CNI_CACHE).join("results");
+        if let Ok(rd) = std::fs::read_dir(&results) {
+            let prefix = format!("{}-", self.network);
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        if !self.cni_dir_existed {
+            // Only empty directories are removed.
+            let _ = std::fs::remove_dir(&results);
+            let _ = std::fs::remove_dir(CNI_CACHE);
+        }
+    }
+}
+
+/// Writes a CRI daemon's files into `dir` (the berth-oci wrapper, the CNI
+/// config and plugins) and returns its config.toml.
+fn cri_config(dir: &Path, socket: &Path, cgroup_root: &str, opts: &CriOptions) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    // containerd's runc options take a binary, not arguments or
+    // environment: a wrapper puts berth-oci's cgroups under our root.
+    let berth = crate::runtime::berth_binary()?;
+    let wrapper = dir.join("berth-oci");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nBERTH_CGROUP_ROOT={cgroup_root} exec {} oci \"$@\"\n",
+            berth.display()
+        ),
+    )?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    for d in ["cni/net.d", "cni/bin", "runc"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::write(
+        dir.join("cni/net.d/10-test.conflist"),
+        serde_json::to_vec_pretty(&opts.conflist)?,
+    )?;
+    let out = Command::new(berth)
+        .args(["cni", "install", "--dir"])
+        .arg(dir.join("cni/bin"))
+        .output()
+        .context("running berth cni install")?;
+    if !out.status.success() {
+        bail!(
+            "berth cni install: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut config = base_config(dir, socket, &[]);
+    config.push_str(&format!(
+        r#"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{image}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  # Root here lacks CAP_SYS_RESOURCE: no negative oom_score_adj.
+  restrict_oom_score_adj = true
+  # Pod network namespaces in our state dir, not /run/netns.
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = "{wrapper}"
+        Root = "{d}/runc"
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni/bin"
+    conf_dir = "{d}/cni/net.d"
+    max_conf_num = 1
+"#,
+        image = opts.sandbox_image,
+        wrapper = wrapper.display(),
+        d = dir.display(),
+    ));
+    Ok(config)
+}
+
+/// The config every private containerd shares: paths in `dir`, the socket,
+/// and the plugins it has no use for, plus `disabled`.
+fn base_config(dir: &Path, socket: &Path, disabled: &[&str]) -> String {
+    let mut plugins: Vec<&str> = disabled.to_vec();
+    plugins.extend([
+        "io.containerd.snapshotter.v1.aufs",
+        "io.containerd.snapshotter.v1.btrfs",
+        "io.containerd.snapshotter.v1.devmapper",
+        "io.containerd.snapshotter.v1.zfs",
+        "io.containerd.tracing.processor.v1.otlp",
+        "io.containerd.internal.v1.tracing",
+    ]);
+    let plugins: String = plugins.iter().map(|p| format!("  \"{p}\",\n")).collect();
+    format!(
+        r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = [
+{plugins}]
+
+[grpc]
+  address = "{s}"
+
+[ttrpc]
+  address = "{s}.ttrpc"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+"#,
+        d = dir.display(),
+        s = socket.display()
+    )
 }
 
 /// Kills every process in the cgroup `dir` and below, then removes the
