@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 pub use common::{blkio_weight_to_io_weight, cpu_shares_to_weight};
 pub use error::CgroupError;
-pub use path::resolve_path;
+pub use path::{below_parent, resolve_path};
 pub use stats::{BlkioStats, CgroupStats, CpuStats, CpuThrottling, MemoryStats, PidsStats};
 
 /// Where berth's cgroups live.

@@ -41,6 +41,21 @@ pub fn resolve_path(cgroups_path: Option<&str>, id: &str) -> Result<PathBuf, Cgr
     Ok(out)
 }
 
+/// A resolved path that already starts with berth's parent is taken as
+/// relative to it: a kubelet whose `cgroupRoot` is that parent (`/berth`,
+/// as `berth node`'s default) names it in every pod's cgroup parent, as it
+/// would for runc, which has no parent of its own.
+pub fn below_parent(rel: PathBuf, parent: &str) -> PathBuf {
+    let parent = Path::new(parent.trim_matches('/'));
+    if parent.as_os_str().is_empty() {
+        return rel;
+    }
+    match rel.strip_prefix(parent) {
+        Ok(rest) if !rest.as_os_str().is_empty() => rest.to_owned(),
+        _ => rel,
+    }
+}
+
 /// `"slice:prefix:name"` where the slice is empty or ends in `.slice`.
 fn split_systemd(raw: &str) -> Option<(&str, &str, &str)> {
     if raw.starts_with('/') {
@@ -185,6 +200,21 @@ mod tests {
             Ok(path) => panic!("{p:?} resolved to {}", path.display()),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn a_path_inside_the_parent_is_taken_relative_to_it() {
+        let b = |p: &str, parent: &str| below_parent(PathBuf::from(p), parent);
+        assert_eq!(
+            b("berth/kubepods/burstable/pod1/c1", "berth"),
+            Path::new("kubepods/burstable/pod1/c1")
+        );
+        assert_eq!(b("kubepods/pod1/c1", "berth"), Path::new("kubepods/pod1/c1"));
+        // Whole components only, and never the parent itself.
+        assert_eq!(b("berthday/c1", "berth"), Path::new("berthday/c1"));
+        assert_eq!(b("berth", "berth"), Path::new("berth"));
+        assert_eq!(b("a/b/c", "/a/b/"), Path::new("c"));
+        assert_eq!(b("a/b", ""), Path::new("a/b"));
     }
 
     #[test]

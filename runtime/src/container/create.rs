@@ -139,6 +139,7 @@ impl Engine {
             linux.cgroups_path().as_ref().and_then(|p| p.to_str()),
             &o.id,
         )?;
+        let rel = cgroups::below_parent(rel, &self.cgroups.parent);
         let cg = cgroups::open(&self.cgroups, &rel)?;
         tracing::debug!(id = %o.id, "bundle loaded");
         cg.create()?;

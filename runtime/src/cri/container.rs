@@ -328,13 +328,11 @@ impl Daemon {
             hosts: sb.hosts_file.clone(),
             shm: sb.shm.clone(),
             host_pid: pod::host_pid(pod_config),
-            cgroup_parent: spec::below_root(
-                pod_config
-                    .linux
-                    .as_ref()
-                    .map_or("", |l| l.cgroup_parent.as_str()),
-                &self.cgroup_root,
-            ),
+            cgroup_parent: pod_config
+                .linux
+                .as_ref()
+                .map(|l| l.cgroup_parent.clone())
+                .unwrap_or_default(),
             systemd_cgroup: self.systemd_cgroup,
         };
         for m in &config.mounts {

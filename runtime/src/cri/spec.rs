@@ -266,20 +266,6 @@ fn ns_mode(
         .unwrap_or(v1::NamespaceMode::Pod)
 }
 
-/// A CRI cgroup parent relative to the engine's cgroup root `root`: every
-/// container cgroup is created below the root, and a kubelet whose
-/// `cgroupRoot` is that root (`/berth/kubepods/…`, as `berth node` by
-/// default, or a kubelet shared with runc) names it already.
-pub fn below_root(parent: &str, root: &str) -> String {
-    let root = root.trim_matches('/');
-    match parent.trim_start_matches('/').strip_prefix(root) {
-        Some(rest) if !root.is_empty() && (rest.is_empty() || rest.starts_with('/')) => {
-            rest.to_owned()
-        }
-        _ => parent.to_owned(),
-    }
-}
-
 /// The cgroupsPath of the container under its pod's cgroup parent.
 pub fn cgroups_path(pod: &PodView, id: &str) -> String {
     if pod.systemd_cgroup {

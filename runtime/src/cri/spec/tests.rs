@@ -328,17 +328,3 @@ fn systemd_cgroup_paths() {
         "kubepods-besteffort-pod1.slice:cri-berth:abc"
     );
 }
-
-#[test]
-fn a_cgroup_parent_inside_the_engine_root_is_taken_relative_to_it() {
-    assert_eq!(
-        below_root("/berth/kubepods/burstable/pod1", "berth"),
-        "/kubepods/burstable/pod1"
-    );
-    assert_eq!(below_root("/berth", "berth"), "");
-    assert_eq!(below_root("/kubepods/pod1", "berth"), "/kubepods/pod1");
-    // Only whole components match.
-    assert_eq!(below_root("/berthday/pod1", "berth"), "/berthday/pod1");
-    assert_eq!(below_root("kubepods.slice", "berth"), "kubepods.slice");
-    assert_eq!(below_root("/a/b", ""), "/a/b");
-}
