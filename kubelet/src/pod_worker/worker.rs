@@ -15,7 +15,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::actions::{
-    Backoff, ContainerState, Kind, Observed, Outcome, RunState, SandboxState, compute,
+    Backoff, ContainerState, Kind, Observed, Outcome, RunState, SandboxState, compute, is_sidecar,
 };
 use crate::cri_client::{CriClient, CriClientError};
 use crate::cri_config::container::{
@@ -157,6 +157,7 @@ pub async fn observe(cri: &CriClient, uid: &str) -> Result<Observed, CriClientEr
     Ok(Observed {
         sandboxes,
         containers,
+        ..Observed::default()
     })
 }
 
@@ -187,23 +188,49 @@ pub async fn remove_pod(
         })
 }
 
-/// Stops the running containers (together, as upstream) then the sandboxes.
+/// Stops the running containers, then the sandboxes: the regular (and init)
+/// containers together, as upstream, then the sidecars one by one in
+/// reverse order (KEP-753), so that what the main containers lean on
+/// outlives them; all within one grace period.
 async fn stop_all(
     cri: &CriClient,
     observed: &Observed,
     grace: Option<i64>,
     pod: Option<(&Pod, IpAddr)>,
 ) -> Result<(), CriClientError> {
-    let stops = observed
+    let grace = grace.unwrap_or(DEFAULT_GRACE_SECONDS);
+    let began = Instant::now();
+    let running: Vec<&ContainerState> = observed
         .containers
         .iter()
         .filter(|c| !matches!(c.state, RunState::Exited { .. }))
-        .map(|c| {
-            let spec = pod.and_then(|(p, ip)| Some((spec_container(p, &c.name)?, ip)));
-            stop_container(cri, &c.id, grace.unwrap_or(DEFAULT_GRACE_SECONDS), spec)
-        });
+        .collect();
+    let sidecar_index = |c: &ContainerState| {
+        let inits = pod?.0.spec.as_ref()?.init_containers.as_ref()?;
+        inits
+            .iter()
+            .position(|s| s.name == c.name)
+            .filter(|i| inits.get(*i).is_some_and(is_sidecar))
+    };
+    let spec_of =
+        |c: &ContainerState| pod.and_then(|(p, ip)| Some((spec_container(p, &c.name)?, ip)));
+    let (mut sidecars, mains): (Vec<&ContainerState>, Vec<&ContainerState>) = running
+        .into_iter()
+        .partition(|c| sidecar_index(c).is_some());
+    let stops = mains
+        .iter()
+        .map(|c| stop_container(cri, &c.id, grace, spec_of(c)));
     for r in futures::future::join_all(stops).await {
         match r {
+            Err(e) if !e.is_not_found() => return Err(e),
+            _ => {}
+        }
+    }
+    sidecars.sort_by_key(|c| std::cmp::Reverse(sidecar_index(c)));
+    for c in sidecars {
+        let spent = i64::try_from(began.elapsed().as_secs()).unwrap_or(i64::MAX);
+        let left = grace.saturating_sub(spent).max(MINIMUM_GRACE_SECONDS);
+        match stop_container(cri, &c.id, left, spec_of(c)).await {
             Err(e) if !e.is_not_found() => return Err(e),
             _ => {}
         }
@@ -295,6 +322,10 @@ pub struct PodWorker {
     ready: HashMap<String, bool>,
     /// The pod's IP as its sandbox reported it.
     pod_ip: Option<IpAddr>,
+    /// Running containers, by ID, with their names, as last listed.
+    running: HashMap<String, String>,
+    /// Containers whose startup probe passed, by ID.
+    startup_passed: HashSet<String>,
 }
 
 impl PodWorker {
@@ -304,6 +335,8 @@ impl PodWorker {
             reports,
             ready: HashMap::new(),
             pod_ip: None,
+            running: HashMap::new(),
+            startup_passed: HashSet::new(),
             name: pod.metadata.name.clone().unwrap_or_default(),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             pod,
@@ -343,6 +376,30 @@ impl PodWorker {
         self.ready.get(id).copied()
     }
 
+    /// Whether the container `id` runs and has started: its startup probe
+    /// passed, or it has none.
+    pub fn started(&self, id: &str) -> bool {
+        let Some(name) = self.running.get(id) else {
+            return false;
+        };
+        let probed = spec_container(&self.pod, name).is_some_and(|c| c.startup_probe.is_some());
+        !probed || self.startup_passed.contains(id)
+    }
+
+    /// The running containers of `observed` whose startup probe has not
+    /// passed yet (even if their probes are not running yet).
+    fn unstarted(&self, observed: &Observed) -> HashSet<String> {
+        observed
+            .containers
+            .iter()
+            .filter(|c| c.state == RunState::Running && !self.startup_passed.contains(&c.id))
+            .filter(|c| {
+                spec_container(&self.pod, &c.name).is_some_and(|s| s.startup_probe.is_some())
+            })
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
     /// Starts the probes of containers that run and have none yet, and drops
     /// those of containers that no longer run.
     pub async fn update_probes(&mut self) -> Result<(), WorkerError> {
@@ -363,14 +420,27 @@ impl PodWorker {
         self.probes
             .retain(|id, _| running.iter().any(|(r, _)| r == id));
         self.ready.retain(|id, _| self.probes.contains_key(id));
+        self.running = running.iter().cloned().collect();
+        self.startup_passed
+            .retain(|id| self.running.contains_key(id));
         let pod_ip = self.probe_ip();
         let spec = self.pod.spec.clone().unwrap_or_default();
         for (id, name) in running {
             if self.probes.contains_key(&id) {
                 continue;
             }
-            // Init containers are not probed.
-            let Some(container) = spec.containers.iter().find(|c| c.name == name) else {
+            // Init containers are not probed, sidecars are.
+            let sidecars = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .filter(|c| is_sidecar(c));
+            let Some(container) = spec
+                .containers
+                .iter()
+                .chain(sidecars)
+                .find(|c| c.name == name)
+            else {
                 continue;
             };
             if let Some(p) = ContainerProbes::start(
@@ -401,6 +471,7 @@ impl PodWorker {
                 }
             }
             ProbeKind::Startup if r.success => {
+                self.startup_passed.insert(r.container_id.clone());
                 tracing::info!(pod = %self.name, container = %r.container_name, "startup probe passed");
             }
             ProbeKind::Liveness if r.success => {}
@@ -429,7 +500,8 @@ impl PodWorker {
     /// One sync: observe, compute, act.
     pub async fn sync(&mut self) -> Result<Outcome, WorkerError> {
         let cri = self.shared.cri.clone();
-        let observed = observe(&cri, &self.uid).await?;
+        let mut observed = observe(&cri, &self.uid).await?;
+        observed.unstarted = self.unstarted(&observed);
         let actions = compute(&self.pod, &observed, &self.backoff, now_nanos());
         // Once per wait, not at every sync of it.
         self.backing_off
@@ -733,13 +805,14 @@ pub fn spawn(pod: Pod, shared: Arc<Shared>) -> WorkerHandle {
                 () = poked.notified() => {}
                 () = tokio::time::sleep(resync) => {}
                 Some(r) = reported.recv() => {
-                    let kill = !r.success && r.kind != ProbeKind::Readiness;
+                    // A killed container is restarted at the next sync, and
+                    // a started sidecar lets the next init container start;
+                    // readiness alone needs none.
+                    let resync = r.kind != ProbeKind::Readiness;
                     if let Err(e) = worker.on_report(r).await {
                         tracing::error!(pod = %worker.name, "acting on a probe: {e}");
                     }
-                    // A killed container is restarted at the next sync;
-                    // readiness alone needs none.
-                    if !kill {
+                    if !resync {
                         continue;
                     }
                 }
