@@ -80,6 +80,10 @@ async fn run(args: Args) -> Result<()> {
         .with_context(|| format!("connecting to the runtime at {}", args.runtime_endpoint))?;
     let memory = memory_capacity();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let config_dir = args
+        .config_dir
+        .clone()
+        .unwrap_or_else(|| args.root.join("config"));
     let node_ctx = NodeContext {
         node_name: node.as_str().to_owned(),
         memory_capacity: memory,
@@ -89,12 +93,9 @@ async fn run(args: Args) -> Result<()> {
             ephemeral_storage: 0,
         },
         pod_log_root: args.pod_log_dir.clone(),
+        config_dir: config_dir.clone(),
         ..NodeContext::default()
     };
-    let config_dir = args
-        .config_dir
-        .clone()
-        .unwrap_or_else(|| args.root.join("config"));
     let source = ManifestSource::start(SourceConfig::new(&args.manifests, node.clone()))
         .with_context(|| format!("watching {}", args.manifests.display()))?;
     tracing::info!(node = %node.as_str(), manifests = %args.manifests.display(), "berth node running static pods");
