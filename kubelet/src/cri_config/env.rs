@@ -39,8 +39,8 @@ pub enum EnvError {
         container: String,
         /// Where the reference is (`envFrom[0]`, `env[FOO]`).
         field: String,
-        /// What is wrong with the object.
-        source: PayloadError,
+        /// What is wrong with the object (boxed: it is large).
+        source: Box<PayloadError>,
     },
     /// An `envFrom` entry naming neither a ConfigMap nor a Secret.
     #[error("container {container:?}: envFrom[{index}] has neither configMapRef nor secretRef")]
@@ -173,7 +173,7 @@ pub fn container_env(
         move |source| EnvError::Source {
             container: name.clone(),
             field,
-            source,
+            source: Box::new(source),
         }
     };
     for (i, from) in container.env_from.iter().flatten().enumerate() {

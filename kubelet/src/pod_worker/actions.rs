@@ -410,12 +410,10 @@ fn init_actions(
         let next_done = |actions: &mut PodActions, initialized: &mut bool| {
             if is_last {
                 *initialized = true;
-            } else if !seen_later {
-                if let Some(next) = inits.get(i + 1) {
-                    actions
-                        .start
-                        .push(start(Kind::Init, i + 1, next, observed, None));
-                }
+            } else if !seen_later && let Some(next) = inits.get(i + 1) {
+                actions
+                    .start
+                    .push(start(Kind::Init, i + 1, next, observed, None));
             }
         };
         match inst.state {
