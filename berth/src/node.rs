@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use berth_kubelet::cri_client::CriClient;
 use berth_kubelet::cri_config::{Allocatable, NodeContext};
+use berth_kubelet::image_pull::PullLimiter;
 use berth_kubelet::pod_worker::{PodManager, Shared};
 use berth_kubelet::source::{ManifestSource, SourceConfig};
 use berth_kubelet::static_pod::NodeName;
@@ -37,6 +38,13 @@ pub struct Args {
     /// Where containers' logs go, a directory per pod.
     #[arg(long, default_value = "/var/log/pods")]
     pod_log_dir: PathBuf,
+    /// Pull one image at a time (upstream's `serializeImagePulls`);
+    /// `--serialize-image-pulls=false` lets pulls run in parallel.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    serialize_image_pulls: bool,
+    /// With pulls not serialized, at most this many at once; default: no limit.
+    #[arg(long)]
+    max_parallel_image_pulls: Option<usize>,
     /// How often each pod is synced when nothing happens, in seconds.
     #[arg(long, default_value_t = 5)]
     resync_seconds: u64,
@@ -96,6 +104,7 @@ async fn run(args: Args) -> Result<()> {
         config_dir: config_dir.clone(),
         ..NodeContext::default()
     };
+    let pulls = PullLimiter::new(args.serialize_image_pulls, args.max_parallel_image_pulls)?;
     let source = ManifestSource::start(SourceConfig::new(&args.manifests, node.clone()))
         .with_context(|| format!("watching {}", args.manifests.display()))?;
     tracing::info!(node = %node.as_str(), manifests = %args.manifests.display(), "berth node running static pods");
@@ -105,6 +114,7 @@ async fn run(args: Args) -> Result<()> {
         node: node_ctx,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         statuses: PodStatusStore::new(),
+        pulls,
     });
     let shutdown = async move {
         tokio::select! {

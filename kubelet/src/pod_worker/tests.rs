@@ -306,3 +306,69 @@ fn back_off_delays(#[case] runs: &[i64], #[case] expected: Duration) {
 fn pull_policy_defaults(#[case] image: &str, #[case] policy: &str) {
     assert_eq!(super::worker::default_pull_policy(image), policy);
 }
+
+#[test]
+fn start_failures_wait_with_upstream_reasons() {
+    use super::worker::WorkerError;
+    use crate::cri_client::CriClientError;
+    use crate::cri_config::container::ContainerError;
+    use crate::cri_config::env::EnvError;
+
+    let who = || ("p".to_owned(), "c".to_owned());
+    let cri = || CriClientError::Rpc {
+        rpc: "PullImage",
+        code: tonic::Code::NotFound,
+        message: "no such image".into(),
+    };
+    let (pod, container) = who();
+    let cases = [
+        (
+            WorkerError::ImagePull {
+                pod: pod.clone(),
+                container: container.clone(),
+                image: "x".into(),
+                source: cri(),
+            },
+            "ErrImagePull",
+        ),
+        (
+            WorkerError::ImagePullBackOff {
+                pod: pod.clone(),
+                container: container.clone(),
+                image: "x".into(),
+                wait: Duration::from_secs(10),
+            },
+            "ImagePullBackOff",
+        ),
+        (
+            WorkerError::Container {
+                pod: pod.clone(),
+                container: container.clone(),
+                source: ContainerError::Env(EnvError::NoEnvFromSource {
+                    container: container.clone(),
+                    index: 0,
+                }),
+            },
+            "CreateContainerConfigError",
+        ),
+        (
+            WorkerError::CreateContainer {
+                pod: pod.clone(),
+                container: container.clone(),
+                source: cri(),
+            },
+            "CreateContainerError",
+        ),
+        (
+            WorkerError::StartContainer {
+                pod,
+                container,
+                source: cri(),
+            },
+            "RunContainerError",
+        ),
+    ];
+    for (e, reason) in cases {
+        assert_eq!(e.waiting_reason(), reason, "{e}");
+    }
+}

@@ -15,7 +15,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::actions::{
-    Backoff, ContainerState, Kind, Observed, Outcome, RunState, SandboxState, compute, is_sidecar,
+    Backoff, ContainerState, Kind, Observed, Outcome, RunState, SandboxState, Start, compute,
+    is_sidecar,
 };
 use crate::cri_client::{CriClient, CriClientError};
 use crate::cri_config::container::{
@@ -24,6 +25,7 @@ use crate::cri_config::container::{
 };
 use crate::cri_config::sandbox::{POD_UID_LABEL, SandboxError, sandbox_config};
 use crate::cri_config::{NodeContext, PodContext};
+use crate::image_pull::{PullBackoff, PullLimiter};
 use crate::probe::handler::{Action, Target, run as run_action};
 use crate::probe::{ContainerProbes, ProbeKind, ProbeReport};
 use crate::status::PodStatusStore;
@@ -64,11 +66,57 @@ pub enum WorkerError {
     },
     #[error("pod {pod}, container {container}: no image given")]
     NoImage { pod: String, container: String },
+    #[error("pod {pod}, container {container}: pulling image {image:?}: {source}")]
+    ImagePull {
+        pod: String,
+        container: String,
+        image: String,
+        source: CriClientError,
+    },
+    #[error(
+        "pod {pod}, container {container}: Back-off pulling image {image:?}: {wait:.0?} before the next try"
+    )]
+    ImagePullBackOff {
+        pod: String,
+        container: String,
+        image: String,
+        wait: Duration,
+    },
+    #[error("pod {pod}, container {container}: creating the container: {source}")]
+    CreateContainer {
+        pod: String,
+        container: String,
+        source: CriClientError,
+    },
+    #[error("pod {pod}, container {container}: starting the container: {source}")]
+    StartContainer {
+        pod: String,
+        container: String,
+        source: CriClientError,
+    },
     #[error("creating the log directory {path}: {source}")]
     LogDir {
         path: String,
         source: std::io::Error,
     },
+}
+
+impl WorkerError {
+    /// The waiting reason upstream gives a container whose start failed so.
+    pub fn waiting_reason(&self) -> &'static str {
+        match self {
+            Self::ImagePull { .. } => "ErrImagePull",
+            Self::ImagePullBackOff { .. } => "ImagePullBackOff",
+            Self::ImageNeverPull { .. } => "ErrImageNeverPull",
+            Self::NoImage { .. } => "InvalidImageName",
+            Self::Container { .. } | Self::Volume { .. } => "CreateContainerConfigError",
+            Self::StartContainer { .. } => "RunContainerError",
+            Self::Cri(_)
+            | Self::Sandbox { .. }
+            | Self::LogDir { .. }
+            | Self::CreateContainer { .. } => "CreateContainerError",
+        }
+    }
 }
 
 /// What every worker shares.
@@ -81,6 +129,8 @@ pub struct Shared {
     pub resync: Duration,
     /// Every pod's latest status, for the HTTP API.
     pub statuses: PodStatusStore,
+    /// The limit on image pulls running at once.
+    pub pulls: PullLimiter,
 }
 
 fn now_nanos() -> i64 {
@@ -326,6 +376,11 @@ pub struct PodWorker {
     running: HashMap<String, String>,
     /// Containers whose startup probe passed, by ID.
     startup_passed: HashSet<String>,
+    /// Failed image pulls waiting out their back-off.
+    pull_backoff: PullBackoff,
+    /// Why each container that is not running waits, by name: reason and
+    /// message.
+    waiting: HashMap<String, (String, String)>,
 }
 
 impl PodWorker {
@@ -337,6 +392,8 @@ impl PodWorker {
             pod_ip: None,
             running: HashMap::new(),
             startup_passed: HashSet::new(),
+            pull_backoff: PullBackoff::default(),
+            waiting: HashMap::new(),
             name: pod.metadata.name.clone().unwrap_or_default(),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             pod,
@@ -374,6 +431,15 @@ impl PodWorker {
     /// `None` when it has no readiness probe running.
     pub fn ready(&self, id: &str) -> Option<bool> {
         self.ready.get(id).copied()
+    }
+
+    /// Why containers wait, by name: (reason, message), as upstream's
+    /// `ContainerStateWaiting` (`CrashLoopBackOff`, `ErrImagePull`,
+    /// `ImagePullBackOff`, `CreateContainerConfigError`,
+    /// `CreateContainerError`...). A container not here either runs or
+    /// waits for no reason of its own (e.g. init containers before it).
+    pub fn waiting(&self) -> &HashMap<String, (String, String)> {
+        &self.waiting
     }
 
     /// Whether the container `id` runs and has started: its startup probe
@@ -506,10 +572,19 @@ impl PodWorker {
         // Once per wait, not at every sync of it.
         self.backing_off
             .retain(|n| actions.backing_off.iter().any(|(b, _)| b == n));
+        self.waiting.retain(|n, (reason, _)| {
+            reason != "CrashLoopBackOff" || actions.backing_off.iter().any(|(b, _)| b == n)
+        });
         for (name, wait) in &actions.backing_off {
             if self.backing_off.insert(name.clone()) {
                 tracing::info!(pod = %self.name, container = %name, "back-off {wait:.0?} restarting the failed container");
             }
+            let message = format!(
+                "back-off {wait:.0?} restarting failed container={name} pod={}",
+                self.name
+            );
+            self.waiting
+                .insert(name.clone(), ("CrashLoopBackOff".to_owned(), message));
         }
         if actions.kill_pod {
             tracing::info!(pod = %self.name, "killing the pod's containers and sandbox");
@@ -600,40 +675,90 @@ impl PodWorker {
                 Kind::Regular => spec.containers.get(s.index),
             };
             let Some(container) = container else { continue };
-            let image = self.ensure_image(container, &sandbox_config).await?;
-            let mut ctx = self.context(attempt, pod_ips.clone());
-            ctx.restart_counts = BTreeMap::from([(container.name.clone(), s.restart_count)]);
-            let container_err = |source| WorkerError::Container {
-                pod: self.name.clone(),
-                container: container.name.clone(),
-                source,
-            };
-            let mut config = container_config(&ctx, &self.shared.node, container, &image)
-                .map_err(container_err)?;
-            config.mounts =
-                volumes
-                    .mounts_for(container)
-                    .map_err(|source| WorkerError::Volume {
-                        pod: self.name.clone(),
-                        source,
-                    })?;
-            let id = cri
-                .create_container(&sandbox_id, config, sandbox_config.clone())
-                .await?;
-            cri.start_container(&id).await?;
-            tracing::info!(pod = %self.name, container = %container.name, restarts = s.restart_count, id = %id, "container started");
-            self.post_start(container, &id).await?;
-            if let Some(prev) = &s.replaces {
-                let hash = crate::cri_config::container::container_hash(container);
-                self.backoff
-                    .restarted(&container.name, &hash, prev.started_at, prev.finished_at);
-                // Its restart count lives on in the new instance.
-                if let Err(e) = cri.remove_container(&prev.id).await {
-                    tracing::warn!(pod = %self.name, container = %container.name, "removing the exited instance: {e}");
+            let started = self
+                .start_one(
+                    s,
+                    container,
+                    &sandbox_id,
+                    attempt,
+                    &pod_ips,
+                    &sandbox_config,
+                    &volumes,
+                )
+                .await;
+            match started {
+                Ok(()) => {
+                    self.waiting.remove(&container.name);
+                }
+                Err(e) => {
+                    let reason = e.waiting_reason();
+                    tracing::error!(pod = %self.name, container = %container.name, reason, "{e}");
+                    self.waiting
+                        .insert(container.name.clone(), (reason.to_owned(), e.to_string()));
                 }
             }
         }
         Ok(actions.outcome)
+    }
+
+    /// Creates and starts one container of `actions`, with its image and
+    /// config; a failure leaves the others to start.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_one(
+        &mut self,
+        s: &Start,
+        container: &Container,
+        sandbox_id: &str,
+        attempt: u32,
+        pod_ips: &[IpAddr],
+        sandbox_config: &v1::PodSandboxConfig,
+        volumes: &PodVolumes,
+    ) -> Result<(), WorkerError> {
+        let cri = self.shared.cri.clone();
+        let image = self.ensure_image(container, sandbox_config).await?;
+        let mut ctx = self.context(attempt, pod_ips.to_vec());
+        ctx.restart_counts = BTreeMap::from([(container.name.clone(), s.restart_count)]);
+        let container_err = |source| WorkerError::Container {
+            pod: self.name.clone(),
+            container: container.name.clone(),
+            source,
+        };
+        let mut config =
+            container_config(&ctx, &self.shared.node, container, &image).map_err(container_err)?;
+        config.mounts = volumes
+            .mounts_for(container)
+            .map_err(|source| WorkerError::Volume {
+                pod: self.name.clone(),
+                source,
+            })?;
+        let cri_err = |source| (self.name.clone(), container.name.clone(), source);
+        let id = cri
+            .create_container(sandbox_id, config, sandbox_config.clone())
+            .await
+            .map_err(cri_err)
+            .map_err(|(pod, container, source)| WorkerError::CreateContainer {
+                pod,
+                container,
+                source,
+            })?;
+        cri.start_container(&id)
+            .await
+            .map_err(cri_err)
+            .map_err(|(pod, container, source)| WorkerError::StartContainer {
+                pod,
+                container,
+                source,
+            })?;
+        tracing::info!(pod = %self.name, container = %container.name, restarts = s.restart_count, id = %id, "container started");
+        self.post_start(container, &id).await?;
+        if let Some(prev) = &s.replaces {
+            let hash = crate::cri_config::container::container_hash(container);
+            self.backoff
+                .restarted(&container.name, &hash, prev.started_at, prev.finished_at);
+            // The exited instance stays, for `lastState` and
+            // `logs --previous`; garbage collection removes older ones.
+        }
+        Ok(())
     }
 
     /// Runs `container`'s postStart hook, if any; killing it when the hook
@@ -678,7 +803,7 @@ impl PodWorker {
     /// The image reference to create `container` with, pulled per its
     /// `imagePullPolicy` (`Always` for `:latest` or no tag, else `IfNotPresent`).
     async fn ensure_image(
-        &self,
+        &mut self,
         container: &Container,
         sandbox: &v1::PodSandboxConfig,
     ) -> Result<String, WorkerError> {
@@ -717,12 +842,37 @@ impl PodWorker {
                 });
             }
         }
+        if let Some(wait) = self.pull_backoff.remaining(&image, Instant::now()) {
+            return Err(WorkerError::ImagePullBackOff {
+                pod: self.name.clone(),
+                container: container.name.clone(),
+                image,
+                wait,
+            });
+        }
+        let permit = self.shared.pulls.acquire().await;
         tracing::info!(pod = %self.name, container = %container.name, image = %image, "pulling");
-        Ok(self
+        let pulled = self
             .shared
             .cri
             .pull_image(spec, None, Some(sandbox.clone()))
-            .await?)
+            .await;
+        drop(permit);
+        match pulled {
+            Ok(id) => {
+                self.pull_backoff.succeeded(&image);
+                Ok(id)
+            }
+            Err(source) => {
+                self.pull_backoff.failed(&image, Instant::now());
+                Err(WorkerError::ImagePull {
+                    pod: self.name.clone(),
+                    container: container.name.clone(),
+                    image,
+                    source,
+                })
+            }
+        }
     }
 
     /// Stops the containers with the pod's grace period, then the sandbox,
