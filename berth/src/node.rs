@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use berth_kubelet::cri_client::CriClient;
 use berth_kubelet::cri_config::{Allocatable, NodeContext};
+use berth_kubelet::gc::{ContainerPolicy, GarbageCollector, ImagePolicy};
 use berth_kubelet::image_pull::PullLimiter;
 use berth_kubelet::pod_worker::{PodManager, Shared};
 use berth_kubelet::source::{ManifestSource, SourceConfig};
@@ -45,6 +46,22 @@ pub struct Args {
     /// With pulls not serialized, at most this many at once; default: no limit.
     #[arg(long)]
     max_parallel_image_pulls: Option<usize>,
+    /// How often exited containers, dead sandboxes and unused images are
+    /// garbage collected, in seconds.
+    #[arg(long, default_value_t = 60)]
+    gc_interval_seconds: u64,
+    /// Exited instances kept per pod and container; negative: all.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    maximum_dead_containers_per_container: i32,
+    /// Exited containers kept on the node; negative: no limit.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    maximum_dead_containers: i32,
+    /// Image filesystem usage (percent) above which unused images are removed.
+    #[arg(long, default_value_t = 85)]
+    image_gc_high_threshold: u8,
+    /// Image filesystem usage (percent) that image GC brings it down to.
+    #[arg(long, default_value_t = 80)]
+    image_gc_low_threshold: u8,
     /// How often each pod is synced when nothing happens, in seconds.
     #[arg(long, default_value_t = 5)]
     resync_seconds: u64,
@@ -108,6 +125,19 @@ async fn run(args: Args) -> Result<()> {
     let source = ManifestSource::start(SourceConfig::new(&args.manifests, node.clone()))
         .with_context(|| format!("watching {}", args.manifests.display()))?;
     tracing::info!(node = %node.as_str(), manifests = %args.manifests.display(), "berth node running static pods");
+    let gc = GarbageCollector::new(
+        cri.clone(),
+        ContainerPolicy {
+            max_per_pod_container: args.maximum_dead_containers_per_container,
+            max_containers: args.maximum_dead_containers,
+            ..ContainerPolicy::default()
+        },
+        ImagePolicy {
+            high_threshold_percent: args.image_gc_high_threshold,
+            low_threshold_percent: args.image_gc_low_threshold,
+            ..ImagePolicy::default()
+        },
+    )?;
     let manager = PodManager::new(Shared {
         cri,
         volumes: VolumeManager::new(&args.root, config_dir),
@@ -115,7 +145,8 @@ async fn run(args: Args) -> Result<()> {
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         statuses: PodStatusStore::new(),
         pulls,
-    });
+    })
+    .with_gc(gc, Duration::from_secs(args.gc_interval_seconds.max(1)));
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping all pods"),
