@@ -692,7 +692,13 @@ impl PodWorker {
                 }
                 Err(e) => {
                     let reason = e.waiting_reason();
-                    tracing::error!(pod = %self.name, container = %container.name, reason, "{e}");
+                    // Once per reason, not at every sync of a back-off.
+                    let before = self.waiting.get(&container.name).map(|(r, _)| r.as_str());
+                    if before == Some(reason) {
+                        tracing::debug!(pod = %self.name, container = %container.name, reason, "{e}");
+                    } else {
+                        tracing::error!(pod = %self.name, container = %container.name, reason, "{e}");
+                    }
                     self.waiting
                         .insert(container.name.clone(), (reason.to_owned(), e.to_string()));
                 }
