@@ -6,8 +6,9 @@
 //! its newest exited instances (`maxPerPodContainer`, 1) and loses older
 //! ones once they are `minimumGCAge` (0) old; the node may cap the total
 //! (`maxContainers`, -1: no cap). Only exited instances go: a created one
-//! may be about to be started by its worker, and the newest exited one is
-//! what the worker's restart count and back-off read. Pods that no worker
+//! may be about to be started by its worker; and a live pod's container
+//! whose latest instance exited keeps it whatever the knobs, since the
+//! worker's restart count and back-off read it. Pods that no worker
 //! runs any more lose all their exited containers. Sandboxes go once not
 //! ready, empty, and either of no live pod or not their pod's newest.
 //!
@@ -103,6 +104,8 @@ pub struct GcContainer {
     pub pod_uid: String,
     pub name: String,
     pub sandbox_id: String,
+    /// The restart count it was created with (CRI metadata attempt).
+    pub attempt: u32,
     pub exited: bool,
     /// Unix nanoseconds.
     pub created_at: i64,
@@ -173,6 +176,25 @@ pub fn containers_to_remove(
             }
         }
     }
+    // Whatever the knobs, a live pod's container keeps its latest instance
+    // when that one exited: its worker numbers the next restart and times
+    // the back-off from it.
+    let mut latest: HashMap<(&str, &str), &GcContainer> = HashMap::new();
+    for c in containers.iter().filter(|c| live.contains(&c.pod_uid)) {
+        let entry = latest
+            .entry((c.pod_uid.as_str(), c.name.as_str()))
+            .or_insert(c);
+        // Newest as the worker sees it (`actions::latest`).
+        if (c.attempt, c.created_at) > (entry.attempt, entry.created_at) {
+            *entry = c;
+        }
+    }
+    let needed: HashSet<&str> = latest
+        .values()
+        .filter(|c| c.exited)
+        .map(|c| c.id.as_str())
+        .collect();
+    remove.retain(|id| !needed.contains(id.as_str()));
     remove.sort();
     remove
 }
@@ -341,6 +363,7 @@ impl GarbageCollector {
                     pod_uid: c.labels.get(POD_UID_LABEL)?.clone(),
                     name: c.labels.get(CONTAINER_NAME_LABEL)?.clone(),
                     sandbox_id: c.pod_sandbox_id.clone(),
+                    attempt: c.metadata.as_ref().map_or(0, |m| m.attempt),
                     exited: c.state == v1::ContainerState::ContainerExited as i32,
                     created_at: c.created_at,
                 })

@@ -13,6 +13,7 @@ fn c(id: &str, pod: &str, name: &str, exited: bool, created_s: i64) -> GcContain
         pod_uid: pod.to_owned(),
         name: name.to_owned(),
         sandbox_id: format!("sb-{pod}"),
+        attempt: u32::try_from(created_s).unwrap_or(0),
         exited,
         created_at: created_s * S,
     }
@@ -39,6 +40,27 @@ fn the_newest_exited_instance_stays_and_running_ones_are_not_counted() {
         100 * S,
     );
     assert_eq!(remove, ["a0", "a1"]);
+}
+
+#[test]
+fn the_latest_instance_stays_even_with_no_exited_instance_kept() {
+    let policy = ContainerPolicy {
+        max_per_pod_container: 0,
+        max_containers: 0,
+        ..ContainerPolicy::default()
+    };
+    let containers = [
+        // Backing off: its latest instance exited, the worker needs it.
+        c("a0", "p", "a", true, 1),
+        c("a1", "p", "a", true, 2),
+        // Running again: the exited ones may all go.
+        c("b0", "p", "b", true, 1),
+        c("b1", "p", "b", false, 2),
+        // No worker: nothing is needed.
+        c("g0", "gone", "a", true, 3),
+    ];
+    let remove = containers_to_remove(&policy, &containers, &live(&["p"]), 100 * S);
+    assert_eq!(remove, ["a0", "b0", "g0"]);
 }
 
 #[test]
