@@ -83,7 +83,8 @@ pub struct Start {
     pub name: String,
     pub restart_count: u32,
     /// The instance this one replaces, if it exited: recorded in the
-    /// back-off and removed once the new one runs.
+    /// back-off, and kept (for `lastState` and `logs --previous`) until
+    /// garbage collection removes it for a newer exited one.
     pub replaces: Option<Replaced>,
 }
 
