@@ -1,9 +1,9 @@
 //! `berth node` sidecars (init containers with `restartPolicy: Always`)
 //! against a real `berth runtime`: they start in order, each before the
 //! next init container and, with a startup probe, only once it passed; they
-//! are stopped after the main container, in reverse order; and a pod whose
+//! are stopped after the main container, in reverse order; a pod whose
 //! main container finished under `restartPolicy: Never` has its sidecar
-//! stopped.
+//! stopped; and a sidecar that exits is restarted even under `Never`.
 //!
 //! Every container appends to a file in a shared hostPath directory when it
 //! starts and when SIGTERM reaches it; the order of the lines is the order
@@ -187,6 +187,37 @@ fn sidecars_start_in_order_and_stop_after_the_main_containers() -> Result<()> {
             "done pod: {:?}",
             lines(&done)
         );
+        // A sidecar that exits is restarted even under Never, while the
+        // main container runs on.
+        let flappy = format!(
+            "  - name: sc\n    image: {image}\n    imagePullPolicy: IfNotPresent\n    restartPolicy: Always\n    command: [sh, -c, \"sleep 1\"]\n"
+        );
+        let sleeper = format!(
+            "  - name: main\n    image: {image}\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, \"exec sleep 1000\"]\n"
+        );
+        std::fs::write(
+            manifests.join("flappy.yaml"),
+            pod("flappy", "Never", &shared, &flappy, &sleeper),
+        )?;
+        wait_for("the sidecar restarted", Duration::from_secs(30), &log, || async {
+            Ok(containers(&c, "flappy")
+                .await?
+                .iter()
+                .any(|x| x.metadata.as_ref().is_some_and(|m| m.name == "sc" && m.attempt >= 1)))
+        })
+        .await?;
+        let main_running = containers(&c, "flappy").await?.iter().any(|x| {
+            x.metadata.as_ref().is_some_and(|m| m.name == "main")
+                && x.state == v1::ContainerState::ContainerRunning as i32
+        });
+        ensure!(main_running, "the main container stopped with its sidecar");
+        std::fs::remove_file(manifests.join("flappy.yaml"))?;
+        wait_for("the flappy pod removed", Duration::from_secs(30), &log, || async {
+            Ok(containers(&c, "flappy").await?.is_empty()
+                && sandboxes(&c, "flappy").await?.is_empty())
+        })
+        .await?;
+
         std::fs::remove_file(manifests.join("done.yaml"))?;
         wait_for("the done pod removed", Duration::from_secs(30), &log, || async {
             Ok(containers(&c, "done").await?.is_empty() && sandboxes(&c, "done").await?.is_empty())
