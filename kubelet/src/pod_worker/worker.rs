@@ -354,6 +354,15 @@ pub async fn recorded_grace(cri: &CriClient, uid: &str) -> Option<i64> {
     })
 }
 
+/// The sandbox a sync starts containers in.
+struct Placement<'a> {
+    sandbox_id: &'a str,
+    attempt: u32,
+    pod_ips: &'a [IpAddr],
+    sandbox_config: &'a v1::PodSandboxConfig,
+    volumes: &'a PodVolumes,
+}
+
 /// One pod's state between syncs.
 pub struct PodWorker {
     pod: Pod,
@@ -675,17 +684,14 @@ impl PodWorker {
                 Kind::Regular => spec.containers.get(s.index),
             };
             let Some(container) = container else { continue };
-            let started = self
-                .start_one(
-                    s,
-                    container,
-                    &sandbox_id,
-                    attempt,
-                    &pod_ips,
-                    &sandbox_config,
-                    &volumes,
-                )
-                .await;
+            let into = Placement {
+                sandbox_id: &sandbox_id,
+                attempt,
+                pod_ips: &pod_ips,
+                sandbox_config: &sandbox_config,
+                volumes: &volumes,
+            };
+            let started = self.start_one(s, container, &into).await;
             match started {
                 Ok(()) => {
                     self.waiting.remove(&container.name);
@@ -708,21 +714,17 @@ impl PodWorker {
     }
 
     /// Creates and starts one container of `actions`, with its image and
-    /// config; a failure leaves the others to start.
-    #[allow(clippy::too_many_arguments)]
+    /// config, in the sandbox of `into`; a failure leaves the others to
+    /// start.
     async fn start_one(
         &mut self,
         s: &Start,
         container: &Container,
-        sandbox_id: &str,
-        attempt: u32,
-        pod_ips: &[IpAddr],
-        sandbox_config: &v1::PodSandboxConfig,
-        volumes: &PodVolumes,
+        into: &Placement<'_>,
     ) -> Result<(), WorkerError> {
         let cri = self.shared.cri.clone();
-        let image = self.ensure_image(container, sandbox_config).await?;
-        let mut ctx = self.context(attempt, pod_ips.to_vec());
+        let image = self.ensure_image(container, into.sandbox_config).await?;
+        let mut ctx = self.context(into.attempt, into.pod_ips.to_vec());
         ctx.restart_counts = BTreeMap::from([(container.name.clone(), s.restart_count)]);
         let container_err = |source| WorkerError::Container {
             pod: self.name.clone(),
@@ -731,28 +733,26 @@ impl PodWorker {
         };
         let mut config =
             container_config(&ctx, &self.shared.node, container, &image).map_err(container_err)?;
-        config.mounts = volumes
-            .mounts_for(container)
-            .map_err(|source| WorkerError::Volume {
-                pod: self.name.clone(),
-                source,
-            })?;
-        let cri_err = |source| (self.name.clone(), container.name.clone(), source);
+        config.mounts =
+            into.volumes
+                .mounts_for(container)
+                .map_err(|source| WorkerError::Volume {
+                    pod: self.name.clone(),
+                    source,
+                })?;
         let id = cri
-            .create_container(sandbox_id, config, sandbox_config.clone())
+            .create_container(into.sandbox_id, config, into.sandbox_config.clone())
             .await
-            .map_err(cri_err)
-            .map_err(|(pod, container, source)| WorkerError::CreateContainer {
-                pod,
-                container,
+            .map_err(|source| WorkerError::CreateContainer {
+                pod: self.name.clone(),
+                container: container.name.clone(),
                 source,
             })?;
         cri.start_container(&id)
             .await
-            .map_err(cri_err)
-            .map_err(|(pod, container, source)| WorkerError::StartContainer {
-                pod,
-                container,
+            .map_err(|source| WorkerError::StartContainer {
+                pod: self.name.clone(),
+                container: container.name.clone(),
                 source,
             })?;
         tracing::info!(pod = %self.name, container = %container.name, restarts = s.restart_count, id = %id, "container started");
