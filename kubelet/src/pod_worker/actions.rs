@@ -150,7 +150,7 @@ impl RestartPolicy {
         }
     }
 
-    pub fn restarts(self, exit_code: i32) -> bool {
+    fn restarts(self, exit_code: i32) -> bool {
         match self {
             Self::Always => true,
             Self::OnFailure => exit_code != 0,
