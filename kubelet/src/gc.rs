@@ -40,7 +40,9 @@ pub const GC_PERIOD: Duration = Duration::from_secs(60);
 pub enum GcError {
     #[error(transparent)]
     Cri(#[from] CriClientError),
-    #[error("image GC thresholds: high {high}% and low {low}% must be 0-100 with low <= high")]
+    #[error(
+        "image GC thresholds: high {high}% and low {low}% must be at most 100 with low below high"
+    )]
     Thresholds { high: u8, low: u8 },
     #[error("the runtime reports no image filesystem")]
     NoImageFs,
@@ -90,7 +92,7 @@ impl Default for ImagePolicy {
 impl ImagePolicy {
     pub fn validate(&self) -> Result<(), GcError> {
         let (high, low) = (self.high_threshold_percent, self.low_threshold_percent);
-        if high > 100 || low > high {
+        if high > 100 || low >= high {
             return Err(GcError::Thresholds { high, low });
         }
         Ok(())

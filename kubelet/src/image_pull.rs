@@ -62,7 +62,7 @@ impl PullLimiter {
 
     /// Waits for a pull's turn; the pull holds the permit while it runs.
     pub async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
-        // The semaphore is never closed, so acquiring only fails never.
+        // The semaphore is never closed, so acquiring cannot fail.
         self.permits.clone()?.acquire_owned().await.ok()
     }
 }
