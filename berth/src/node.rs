@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use berth_kubelet::cri_client::CriClient;
 use berth_kubelet::cri_config::{Allocatable, NodeContext};
+use berth_kubelet::gc::{ContainerPolicy, GarbageCollector, ImagePolicy};
+use berth_kubelet::image_pull::PullLimiter;
 use berth_kubelet::pod_cgroup::{HostCgroups, PodCgroups};
 use berth_kubelet::pod_worker::{PodManager, Shared};
 use berth_kubelet::source::{ManifestSource, SourceConfig};
@@ -51,6 +53,29 @@ pub struct Args {
     /// Make the QoS class and pod cgroups (upstream's `--cgroups-per-qos`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     cgroups_per_qos: bool,
+    /// Pull one image at a time (upstream's `serializeImagePulls`);
+    /// `--serialize-image-pulls=false` lets pulls run in parallel.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    serialize_image_pulls: bool,
+    /// With pulls not serialized, at most this many at once; default: no limit.
+    #[arg(long)]
+    max_parallel_image_pulls: Option<usize>,
+    /// How often exited containers, dead sandboxes and unused images are
+    /// garbage collected, in seconds.
+    #[arg(long, default_value_t = 60)]
+    gc_interval_seconds: u64,
+    /// Exited instances kept per pod and container; negative: all.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    maximum_dead_containers_per_container: i32,
+    /// Exited containers kept on the node; negative: no limit.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    maximum_dead_containers: i32,
+    /// Image filesystem usage (percent) above which unused images are removed.
+    #[arg(long, default_value_t = 85)]
+    image_gc_high_threshold: u8,
+    /// Image filesystem usage (percent) that image GC brings it down to.
+    #[arg(long, default_value_t = 80)]
+    image_gc_low_threshold: u8,
     /// How often each pod is synced when nothing happens, in seconds.
     #[arg(long, default_value_t = 5)]
     resync_seconds: u64,
@@ -132,6 +157,10 @@ async fn run(args: Args) -> Result<()> {
     };
     let memory = memory_capacity();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let config_dir = args
+        .config_dir
+        .clone()
+        .unwrap_or_else(|| args.root.join("config"));
     let node_ctx = NodeContext {
         node_name: node.as_str().to_owned(),
         memory_capacity: memory,
@@ -147,12 +176,9 @@ async fn run(args: Args) -> Result<()> {
             String::new()
         },
         host_ips: args.node_ip.or_else(default_route_ip).into_iter().collect(),
+        config_dir: config_dir.clone(),
         ..NodeContext::default()
     };
-    let config_dir = args
-        .config_dir
-        .clone()
-        .unwrap_or_else(|| args.root.join("config"));
     let pod_cgroups = if args.cgroups_per_qos {
         let fs = HostCgroups::discover().context("finding the cgroup hierarchies")?;
         let cgroups = PodCgroups::new(Arc::new(fs), &cgroup_root);
@@ -163,9 +189,23 @@ async fn run(args: Args) -> Result<()> {
     } else {
         None
     };
+    let pulls = PullLimiter::new(args.serialize_image_pulls, args.max_parallel_image_pulls)?;
     let source = ManifestSource::start(SourceConfig::new(&args.manifests, node.clone()))
         .with_context(|| format!("watching {}", args.manifests.display()))?;
     tracing::info!(node = %node.as_str(), manifests = %args.manifests.display(), "berth node running static pods");
+    let gc = GarbageCollector::new(
+        cri.clone(),
+        ContainerPolicy {
+            max_per_pod_container: args.maximum_dead_containers_per_container,
+            max_containers: args.maximum_dead_containers,
+            ..ContainerPolicy::default()
+        },
+        ImagePolicy {
+            high_threshold_percent: args.image_gc_high_threshold,
+            low_threshold_percent: args.image_gc_low_threshold,
+            ..ImagePolicy::default()
+        },
+    )?;
     let manager = PodManager::new(Shared {
         cri,
         volumes: VolumeManager::new(&args.root, config_dir),
@@ -174,7 +214,9 @@ async fn run(args: Args) -> Result<()> {
         statuses: PodStatusStore::new(),
         runtime_name,
         pod_cgroups,
-    });
+        pulls,
+    })
+    .with_gc(gc, Duration::from_secs(args.gc_interval_seconds.max(1)));
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping all pods"),

@@ -24,6 +24,17 @@ impl Node {
     /// `berth node` on `manifests`, talking to the runtime at `socket`, with
     /// its root and pod logs under `work` and its output in `log`.
     pub fn start(manifests: &Path, socket: &Path, work: &Path, log: &Path) -> Result<Node> {
+        Self::start_with(manifests, socket, work, log, &[])
+    }
+
+    /// [`Node::start`] with more flags (`--gc-interval-seconds 2`...).
+    pub fn start_with(
+        manifests: &Path,
+        socket: &Path,
+        work: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> Result<Node> {
         // Appended to: a test may start the node again on the same log.
         let out = File::options().create(true).append(true).open(log)?;
         let child = Command::new(berth_binary()?)
@@ -37,6 +48,7 @@ impl Node {
             .arg("--pod-log-dir")
             .arg(work.join("logs"))
             .args(["--node-name", NODE, "--resync-seconds", "1"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -34,7 +34,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Pod;
 
@@ -85,6 +85,9 @@ pub struct NodeContext {
     pub cluster_domain: String,
     /// The host's resolver, for `dnsPolicy: Default`; empty leaves it to the runtime.
     pub host_dns: DnsSettings,
+    /// Where ConfigMaps and Secrets are read from, by volumes and by `env`
+    /// (`<dir>/{configmaps,secrets}/<namespace>/<name>/<key>`).
+    pub config_dir: PathBuf,
 }
 
 impl Default for NodeContext {
@@ -102,6 +105,7 @@ impl Default for NodeContext {
             cluster_dns: Vec::new(),
             cluster_domain: "cluster.local".to_owned(),
             host_dns: DnsSettings::default(),
+            config_dir: Path::new(crate::volume::DEFAULT_ROOT).join("config"),
         }
     }
 }

@@ -20,11 +20,18 @@
 //! - [`status`]: each pod's status (phase, conditions, container statuses) as upstream computes it,
 //!   kept for the HTTP API and `berth pods`.
 //! - [`probe`]: liveness, readiness and startup probes and lifecycle hook actions (exec, tcpSocket,
-//!   httpGet) with upstream's thresholds; the pod worker runs them and restarts what fails liveness.
+//!   httpGet over HTTP or HTTPS, gRPC) with upstream's thresholds; the pod worker runs them and
+//!   restarts what fails liveness.
+//! - [`gc`]: garbage collection of exited containers, dead sandboxes and unused images, as
+//!   upstream's container and image GC, run by the pod manager every minute.
+//! - [`image_pull`]: the limit on parallel image pulls shared by the pod workers, and each pod's
+//!   back-off of failed pulls.
 
 pub mod config;
 pub mod cri_client;
 pub mod cri_config;
+pub mod gc;
+pub mod image_pull;
 pub mod manifest;
 pub mod pod_cgroup;
 pub mod pod_worker;

@@ -461,27 +461,6 @@ fn resource_field_ref_of_another_container() {
     ));
 }
 
-#[rstest]
-#[case(json!({"envFrom": [{"configMapRef": {"name": "cfg", "optional": true}}]}), "envFrom[0]", "ConfigMap")]
-#[case(json!({"envFrom": [{"secretRef": {"name": "cfg"}}]}), "envFrom[0]", "Secret")]
-#[case(json!({"env": [{"name": "V", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "k"}}}]}), "env[V]", "ConfigMap")]
-#[case(json!({"env": [{"name": "V", "valueFrom": {"secretKeyRef": {"name": "cfg", "key": "k"}}}]}), "env[V]", "Secret")]
-fn api_server_references_are_refused(#[case] extra: Value, #[case] at: &str, #[case] what: &str) {
-    let mut c = json!({"name": "c"});
-    c.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    let p = pod(json!({"containers": [c]}));
-    match env_of(&p) {
-        Err(env::EnvError::NeedsApiServer {
-            field, kind, name, ..
-        }) => {
-            assert_eq!((field.as_str(), kind, name.as_str()), (at, what, "cfg"));
-        }
-        other => panic!("{other:?}"),
-    }
-}
-
 fn full_pod() -> Pod {
     pod(json!({
         "hostname": "webhost",

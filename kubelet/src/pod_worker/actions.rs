@@ -2,7 +2,7 @@
 //! of it, as upstream's `computePodActions`. Pure: the worker observes and
 //! executes, this only decides.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -56,11 +56,15 @@ pub struct ContainerState {
     pub created_at: i64,
 }
 
-/// All the runtime holds of one pod (by its UID label).
+/// All the runtime holds of one pod (by its UID label), and what its worker
+/// knows of it besides.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observed {
     pub sandboxes: Vec<SandboxState>,
     pub containers: Vec<ContainerState>,
+    /// Running containers whose startup probe has not passed yet: a sidecar
+    /// among them holds back the init containers after it.
+    pub unstarted: HashSet<String>,
 }
 
 /// Init containers and regular containers are numbered apart.
@@ -79,7 +83,8 @@ pub struct Start {
     pub name: String,
     pub restart_count: u32,
     /// The instance this one replaces, if it exited: recorded in the
-    /// back-off and removed once the new one runs.
+    /// back-off, and kept (for `lastState` and `logs --previous`) until
+    /// garbage collection removes it for a newer exited one.
     pub replaces: Option<Replaced>,
 }
 
@@ -197,6 +202,12 @@ impl Backoff {
     }
 }
 
+/// Whether `c` is a sidecar: an init container with `restartPolicy: Always`
+/// (KEP-753), which keeps running beside the regular containers.
+pub fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
 fn latest<'a>(
     observed: &'a Observed,
     name: &str,
@@ -274,47 +285,21 @@ pub fn compute(pod: &Pod, observed: &Observed, backoff: &Backoff, now: i64) -> P
         }
     }
 
-    // Init containers one at a time, each to success.
-    for (i, c) in inits.iter().enumerate() {
-        let Some(inst) = latest(observed, &c.name, current) else {
-            actions.start.push(start(Kind::Init, i, c, observed, None));
-            return actions;
-        };
-        match inst.state {
-            RunState::Running => return actions,
-            RunState::Exited { code: 0, .. } => {}
-            RunState::Created | RunState::Unknown => {
-                actions.kill.push(kill(inst, "init container not running"));
-                actions.start.push(start(Kind::Init, i, c, observed, None));
-                return actions;
-            }
-            RunState::Exited {
-                started_at,
-                finished_at,
-                ..
-            } => {
-                if policy == RestartPolicy::Never {
-                    actions.kill_pod = true;
-                    actions.outcome = Outcome::Failed;
-                } else {
-                    restart(
-                        &mut actions,
-                        Kind::Init,
-                        i,
-                        c,
-                        inst,
-                        observed,
-                        backoff,
-                        now,
-                        started_at,
-                        finished_at,
-                    );
-                }
-                return actions;
-            }
-        }
+    if !init_actions(
+        &mut actions,
+        policy,
+        inits,
+        regulars,
+        observed,
+        backoff,
+        now,
+    ) {
+        return actions;
     }
 
+    // Sidecars restarting do not keep a finished pod alive.
+    let sidecar_starts = actions.start.len();
+    let sidecar_waits = actions.backing_off.len();
     let mut keep = 0;
     let mut all_succeeded = true;
     for (i, c) in regulars.iter().enumerate() {
@@ -363,8 +348,14 @@ pub fn compute(pod: &Pod, observed: &Observed, backoff: &Backoff, now: i64) -> P
             }
         }
     }
-    if keep == 0 && actions.start.is_empty() && actions.backing_off.is_empty() {
-        // Nothing runs and nothing will: the pod is done.
+    if keep == 0
+        && actions.start.len() == sidecar_starts
+        && actions.backing_off.len() == sidecar_waits
+    {
+        // Nothing runs and nothing will: the pod is done, its sidecars
+        // stopped with it.
+        actions.start.clear();
+        actions.backing_off.clear();
         actions.kill_pod = true;
         actions.outcome = if all_succeeded {
             Outcome::Succeeded
@@ -373,6 +364,125 @@ pub fn compute(pod: &Pod, observed: &Observed, backoff: &Backoff, now: i64) -> P
         };
     }
     actions
+}
+
+/// The init containers' part of a sync, as upstream's
+/// `computeInitContainerActions`; true once the pod is initialized, when
+/// its regular containers may run.
+///
+/// Walking backwards finds the last init container that ran: those before
+/// it are done, except sidecars, which are kept running (restarted whatever
+/// the pod's policy, with back-off). The one after it starts once it
+/// succeeded or, for a sidecar, once it runs and its startup probe passed.
+/// A regular container in the sandbox means the init containers all ran,
+/// even if their instances are gone.
+fn init_actions(
+    actions: &mut PodActions,
+    policy: RestartPolicy,
+    inits: &[Container],
+    regulars: &[Container],
+    observed: &Observed,
+    backoff: &Backoff,
+    now: i64,
+) -> bool {
+    if inits.is_empty() {
+        return true;
+    }
+    let sandbox = actions.sandbox.as_ref().map(|s| s.id.clone());
+    let current = sandbox.as_deref();
+    let initialized_before = regulars
+        .iter()
+        .any(|c| latest(observed, &c.name, current).is_some());
+    let mut initialized = initialized_before;
+    let mut seen_later = initialized_before;
+    for (i, c) in inits.iter().enumerate().rev() {
+        let sidecar = is_sidecar(c);
+        let is_last = i + 1 == inits.len();
+        let Some(inst) = latest(observed, &c.name, current) else {
+            if seen_later && sidecar {
+                actions.start.push(start(Kind::Init, i, c, observed, None));
+            }
+            continue;
+        };
+        if seen_later && !sidecar {
+            continue;
+        }
+        // The init container after this one, when this one is done.
+        let next_done = |actions: &mut PodActions, initialized: &mut bool| {
+            if is_last {
+                *initialized = true;
+            } else if !seen_later && let Some(next) = inits.get(i + 1) {
+                actions
+                    .start
+                    .push(start(Kind::Init, i + 1, next, observed, None));
+            }
+        };
+        match inst.state {
+            RunState::Running if !sidecar => {}
+            RunState::Running => {
+                if !observed.unstarted.contains(&inst.id) {
+                    next_done(actions, &mut initialized);
+                    if inst.hash != container_hash(c) {
+                        actions.kill.push(kill(inst, "its spec changed"));
+                        actions.start.push(start(Kind::Init, i, c, observed, None));
+                    }
+                }
+            }
+            RunState::Created | RunState::Unknown => {
+                actions.kill.push(kill(inst, "init container not running"));
+                actions.start.push(start(Kind::Init, i, c, observed, None));
+            }
+            RunState::Exited {
+                started_at,
+                finished_at,
+                ..
+            } if sidecar => restart(
+                actions,
+                Kind::Init,
+                i,
+                c,
+                inst,
+                observed,
+                backoff,
+                now,
+                started_at,
+                finished_at,
+            ),
+            RunState::Exited { code: 0, .. } => next_done(actions, &mut initialized),
+            RunState::Exited {
+                started_at,
+                finished_at,
+                ..
+            } => {
+                if policy == RestartPolicy::Never {
+                    actions.kill_pod = true;
+                    actions.outcome = Outcome::Failed;
+                    actions.start.clear();
+                    actions.backing_off.clear();
+                    return false;
+                }
+                restart(
+                    actions,
+                    Kind::Init,
+                    i,
+                    c,
+                    inst,
+                    observed,
+                    backoff,
+                    now,
+                    started_at,
+                    finished_at,
+                );
+            }
+        }
+        seen_later = true;
+    }
+    if !seen_later && let Some(first) = inits.first() {
+        actions
+            .start
+            .push(start(Kind::Init, 0, first, observed, None));
+    }
+    initialized
 }
 
 fn kill(inst: &ContainerState, reason: &'static str) -> Kill {
@@ -441,19 +551,19 @@ fn new_sandbox(
         };
         return actions;
     }
-    if let Some(first) = inits.first() {
+    for (i, c) in regulars.iter().enumerate() {
+        if policy == RestartPolicy::OnFailure && succeeded(c) {
+            continue;
+        }
         actions
             .start
-            .push(start(Kind::Init, 0, first, observed, None));
-    } else {
-        for (i, c) in regulars.iter().enumerate() {
-            if policy == RestartPolicy::OnFailure && succeeded(c) {
-                continue;
-            }
-            actions
-                .start
-                .push(start(Kind::Regular, i, c, observed, None));
-        }
+            .push(start(Kind::Regular, i, c, observed, None));
+    }
+    // A pod with nothing left to run is not initialized again.
+    if !actions.start.is_empty()
+        && let Some(first) = inits.first()
+    {
+        actions.start = vec![start(Kind::Init, 0, first, observed, None)];
     }
     if actions.start.is_empty() {
         actions.outcome = Outcome::Succeeded;

@@ -2,9 +2,10 @@
 //! one, a UID gone terminates its pod. A changed manifest is a new UID
 //! (see [`crate::static_pod`]), so the old pod goes and the new one comes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use berth_proto::v1;
 use futures::StreamExt;
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 use super::worker::{Shared, WorkerHandle, recorded_grace, remove_pod, spawn};
 use crate::cri_client::CriClientError;
 use crate::cri_config::sandbox::POD_UID_LABEL;
+use crate::gc::GarbageCollector;
 use crate::source::Snapshot;
 
 #[derive(Debug, Error)]
@@ -33,6 +35,10 @@ pub struct PodManager {
     /// Workers told to terminate, awaited at shutdown.
     leaving: Vec<WorkerHandle>,
     last_generation: u64,
+    /// The garbage collector and how often it runs.
+    gc: Option<(GarbageCollector, Duration)>,
+    /// The UIDs of the pods with a worker, for the garbage collector.
+    live: watch::Sender<HashSet<String>>,
 }
 
 impl PodManager {
@@ -42,7 +48,32 @@ impl PodManager {
             workers: HashMap::new(),
             leaving: Vec::new(),
             last_generation: 0,
+            gc: None,
+            live: watch::Sender::new(HashSet::new()),
         }
+    }
+
+    /// Runs `gc` every `period` beside the pods.
+    pub fn with_gc(mut self, gc: GarbageCollector, period: Duration) -> Self {
+        self.gc = Some((gc, period));
+        self
+    }
+
+    /// Runs the garbage collector, if any, on its period until dropped.
+    fn spawn_gc(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        let (mut gc, period) = self.gc.take()?;
+        let live = self.live.subscribe();
+        Some(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let uids = live.borrow().clone();
+                if let Err(e) = gc.collect(&uids).await {
+                    tracing::warn!("garbage collection: {e}");
+                }
+            }
+        }))
     }
 
     /// Removes what the runtime has of pods the manifests no longer name
@@ -111,6 +142,8 @@ impl PodManager {
                     .insert(uid.to_owned(), spawn(pod.clone(), self.shared.clone()));
             }
         }
+        self.live
+            .send_replace(self.workers.keys().cloned().collect());
     }
 
     /// Syncs the pods of `snapshots` until `shutdown`, then terminates them
@@ -125,6 +158,7 @@ impl PodManager {
             self.remove_orphans(&first).await?;
         }
         self.reconcile(&first);
+        let gc = self.spawn_gc();
         // Events wake the pod's worker at once instead of at its next resync.
         let mut events = match self.shared.cri.get_container_events().await {
             Ok(s) => Some(s),
@@ -159,6 +193,9 @@ impl PodManager {
                 },
             }
         };
+        if let Some(gc) = gc {
+            gc.abort();
+        }
         tracing::info!(pods = self.workers.len(), "terminating all pods");
         for w in self.workers.values() {
             w.terminate();

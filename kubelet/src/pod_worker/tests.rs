@@ -12,10 +12,12 @@ use crate::cri_config::container::container_hash;
 const S: i64 = 1_000_000_000;
 const NOW: i64 = 10_000 * S;
 
+/// A container; one named `sc…` is a sidecar (`restartPolicy: Always`).
 fn container(name: &str) -> Container {
     Container {
         name: name.to_owned(),
         image: Some("busybox:1".to_owned()),
+        restart_policy: name.starts_with("sc").then(|| "Always".to_owned()),
         ..Container::default()
     }
 }
@@ -90,6 +92,10 @@ fn pairs(v: &[(&str, u32)]) -> Vec<(String, u32)> {
 #[case::never_is_over("Never", &[], &["a"], vec![sandbox("s", 0, false)], vec![inst("a", "s", 0, "0")], None, false, &[])]
 // OnFailure with all succeeded: no new sandbox.
 #[case::onfailure_done("OnFailure", &[], &["a"], vec![sandbox("s", 0, false)], vec![inst("a", "s", 0, "0")], None, false, &[])]
+// Nor with init containers: a finished pod is not initialized again.
+#[case::onfailure_done_with_init("OnFailure", &["i1"], &["a"], vec![sandbox("s", 0, false)], vec![inst("i1", "s", 0, "0"), inst("a", "s", 0, "0")], None, false, &[])]
+// A failed container in a dead sandbox: initialized again from the start.
+#[case::onfailure_init_again("OnFailure", &["i1"], &["a"], vec![sandbox("s", 0, false)], vec![inst("i1", "s", 0, "0"), inst("a", "s", 0, "1")], Some(1), false, &[("i1", 1)])]
 fn sandbox_cases(
     #[case] policy: &str,
     #[case] inits: &[&str],
@@ -103,6 +109,7 @@ fn sandbox_cases(
     let observed = Observed {
         sandboxes,
         containers,
+        ..Observed::default()
     };
     let a = compute(
         &pod(policy, inits, regulars),
@@ -133,6 +140,26 @@ fn sandbox_cases(
 #[case::init_done("Always", &["i1"], &["a", "b"], vec![inst("i1", "s", 0, "0")], &[("a", 0), ("b", 0)], &[], false, Outcome::Running)]
 #[case::init_failed_restarts("OnFailure", &["i1"], &["a"], vec![inst("i1", "s", 1, "1")], &[("i1", 2)], &[], false, Outcome::Running)]
 #[case::init_failed_never("Never", &["i1"], &["a"], vec![inst("i1", "s", 0, "1")], &[], &[], true, Outcome::Failed)]
+// Init containers whose instances are gone once the regular ones ran are
+// not run again.
+#[case::init_gone_after_init("Always", &["i1"], &["a"], vec![inst("a", "s", 0, "run")], &[], &[], false, Outcome::Running)]
+// Sidecars: first of all in a new sandbox; once running, the next init
+// container starts and the sidecar keeps running.
+#[case::sidecar_first("Always", &["sc1", "i1"], &["a"], vec![], &[("sc1", 0)], &[], false, Outcome::Running)]
+#[case::sidecar_then_init("Never", &["sc1", "i1"], &["a"], vec![inst("sc1", "s", 0, "run")], &[("i1", 0)], &[], false, Outcome::Running)]
+#[case::sidecars_in_order("Always", &["sc1", "sc2"], &["a"], vec![inst("sc1", "s", 0, "run")], &[("sc2", 0)], &[], false, Outcome::Running)]
+#[case::sidecar_and_regulars("Never", &["sc1", "i1"], &["a"], vec![inst("sc1", "s", 0, "run"), inst("i1", "s", 0, "0")], &[("a", 0)], &[], false, Outcome::Running)]
+#[case::last_sidecar_then_regulars("Always", &["i1", "sc1"], &["a"], vec![inst("i1", "s", 0, "0"), inst("sc1", "s", 0, "run")], &[("a", 0)], &[], false, Outcome::Running)]
+// A sidecar restarts whatever the pod's policy, even before the init
+// containers after it are done.
+#[case::sidecar_restarts_under_never("Never", &["sc1"], &["a"], vec![inst("sc1", "s", 0, "0"), inst("a", "s", 0, "run")], &[("sc1", 1)], &[], false, Outcome::Running)]
+#[case::sidecar_restarts_during_init("Never", &["sc1", "i1"], &["a"], vec![inst("sc1", "s", 0, "1"), inst("i1", "s", 0, "run")], &[("sc1", 1)], &[], false, Outcome::Running)]
+#[case::sidecar_gone_restarts("Never", &["sc1"], &["a"], vec![inst("a", "s", 0, "run")], &[("sc1", 0)], &[], false, Outcome::Running)]
+// Sidecars do not keep a finished pod: it is killed, and a sidecar that
+// exited is not restarted.
+#[case::sidecar_pod_done("Never", &["sc1"], &["a"], vec![inst("sc1", "s", 0, "run"), inst("a", "s", 0, "0")], &[], &[], true, Outcome::Succeeded)]
+#[case::sidecar_exited_pod_done("OnFailure", &["sc1"], &["a"], vec![inst("sc1", "s", 0, "1"), inst("a", "s", 0, "0")], &[], &[], true, Outcome::Succeeded)]
+#[case::sidecar_pod_runs("Always", &["sc1"], &["a"], vec![inst("sc1", "s", 0, "run"), inst("a", "s", 0, "0")], &[("a", 1)], &[], false, Outcome::Running)]
 fn container_cases(
     #[case] policy: &str,
     #[case] inits: &[&str],
@@ -146,6 +173,7 @@ fn container_cases(
     let observed = Observed {
         sandboxes: vec![sandbox("s", 0, true)],
         containers,
+        ..Observed::default()
     };
     let a = compute(
         &pod(policy, inits, regulars),
@@ -162,12 +190,53 @@ fn container_cases(
 }
 
 #[test]
+fn a_sidecar_holds_the_next_init_container_until_it_started() {
+    let p = pod("Always", &["sc1", "i1"], &["a"]);
+    let mut observed = Observed {
+        sandboxes: vec![sandbox("s", 0, true)],
+        containers: vec![inst("sc1", "s", 0, "run")],
+        ..Observed::default()
+    };
+    observed.unstarted.insert("sc1-0".to_owned());
+    let a = compute(&p, &observed, &Backoff::default(), NOW);
+    assert!(a.start.is_empty() && a.kill.is_empty() && !a.kill_pod);
+    observed.unstarted.clear();
+    let a = compute(&p, &observed, &Backoff::default(), NOW);
+    assert_eq!(starts(&a), pairs(&[("i1", 0)]));
+}
+
+#[test]
+fn a_crash_looping_sidecar_waits_out_its_back_off() {
+    let p = pod("Never", &["sc1"], &["a"]);
+    let observed = Observed {
+        sandboxes: vec![sandbox("s", 0, true)],
+        containers: vec![inst("sc1", "s", 1, "1"), inst("a", "s", 0, "run")],
+        ..Observed::default()
+    };
+    let mut backoff = Backoff::default();
+    backoff.restarted(
+        "sc1",
+        &container_hash(&container("sc1")),
+        NOW - 5 * S,
+        NOW - S,
+    );
+    let a = compute(&p, &observed, &backoff, NOW);
+    assert!(a.start.is_empty());
+    assert_eq!(
+        a.backing_off,
+        vec![("sc1".to_owned(), Duration::from_secs(9))]
+    );
+    assert_eq!(a.outcome, Outcome::Running);
+}
+
+#[test]
 fn a_changed_spec_is_killed_and_started_again() {
     let mut running = inst("a", "s", 0, "run");
     running.hash = "old".to_owned();
     let observed = Observed {
         sandboxes: vec![sandbox("s", 0, true)],
         containers: vec![running],
+        ..Observed::default()
     };
     let a = compute(
         &pod("Always", &[], &["a"]),
@@ -186,6 +255,7 @@ fn a_crash_loop_waits_out_its_back_off() {
     let observed = Observed {
         sandboxes: vec![sandbox("s", 0, true)],
         containers: vec![inst("a", "s", 1, "1")],
+        ..Observed::default()
     };
     let mut backoff = Backoff::default();
     // The first restart is at once.
@@ -235,4 +305,70 @@ fn back_off_delays(#[case] runs: &[i64], #[case] expected: Duration) {
 #[case("busybox@sha256:abcd", "IfNotPresent")]
 fn pull_policy_defaults(#[case] image: &str, #[case] policy: &str) {
     assert_eq!(super::worker::default_pull_policy(image), policy);
+}
+
+#[test]
+fn start_failures_wait_with_upstream_reasons() {
+    use super::worker::WorkerError;
+    use crate::cri_client::CriClientError;
+    use crate::cri_config::container::ContainerError;
+    use crate::cri_config::env::EnvError;
+
+    let who = || ("p".to_owned(), "c".to_owned());
+    let cri = || CriClientError::Rpc {
+        rpc: "PullImage",
+        code: tonic::Code::NotFound,
+        message: "no such image".into(),
+    };
+    let (pod, container) = who();
+    let cases = [
+        (
+            WorkerError::ImagePull {
+                pod: pod.clone(),
+                container: container.clone(),
+                image: "x".into(),
+                source: cri(),
+            },
+            "ErrImagePull",
+        ),
+        (
+            WorkerError::ImagePullBackOff {
+                pod: pod.clone(),
+                container: container.clone(),
+                image: "x".into(),
+                wait: Duration::from_secs(10),
+            },
+            "ImagePullBackOff",
+        ),
+        (
+            WorkerError::Container {
+                pod: pod.clone(),
+                container: container.clone(),
+                source: ContainerError::Env(EnvError::NoEnvFromSource {
+                    container: container.clone(),
+                    index: 0,
+                }),
+            },
+            "CreateContainerConfigError",
+        ),
+        (
+            WorkerError::CreateContainer {
+                pod: pod.clone(),
+                container: container.clone(),
+                source: cri(),
+            },
+            "CreateContainerError",
+        ),
+        (
+            WorkerError::StartContainer {
+                pod,
+                container,
+                source: cri(),
+            },
+            "RunContainerError",
+        ),
+    ];
+    for (e, reason) in cases {
+        assert_eq!(e.waiting_reason(), reason, "{e}");
+    }
 }

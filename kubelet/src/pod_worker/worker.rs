@@ -16,7 +16,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::actions::{
-    Backoff, ContainerState, Kind, Observed, Outcome, RunState, SandboxState, compute,
+    Backoff, ContainerState, Kind, Observed, Outcome, RunState, SandboxState, Start, compute,
+    is_sidecar,
 };
 use crate::cri_client::{CriClient, CriClientError};
 use crate::cri_config::container::{
@@ -25,6 +26,7 @@ use crate::cri_config::container::{
 };
 use crate::cri_config::sandbox::{POD_UID_LABEL, SandboxError, sandbox_config};
 use crate::cri_config::{NodeContext, PodContext};
+use crate::image_pull::{PullBackoff, PullLimiter};
 use crate::pod_cgroup::{PodCgroupError, PodCgroups};
 use crate::probe::handler::{Action, Target, run as run_action};
 use crate::probe::{ContainerProbes, ProbeKind, ProbeReport};
@@ -68,11 +70,58 @@ pub enum WorkerError {
     NoImage { pod: String, container: String },
     #[error("pod {pod}: {source}")]
     Cgroup { pod: String, source: PodCgroupError },
+    #[error("pod {pod}, container {container}: pulling image {image:?}: {source}")]
+    ImagePull {
+        pod: String,
+        container: String,
+        image: String,
+        source: CriClientError,
+    },
+    #[error(
+        "pod {pod}, container {container}: Back-off pulling image {image:?}: {wait:.0?} before the next try"
+    )]
+    ImagePullBackOff {
+        pod: String,
+        container: String,
+        image: String,
+        wait: Duration,
+    },
+    #[error("pod {pod}, container {container}: creating the container: {source}")]
+    CreateContainer {
+        pod: String,
+        container: String,
+        source: CriClientError,
+    },
+    #[error("pod {pod}, container {container}: starting the container: {source}")]
+    StartContainer {
+        pod: String,
+        container: String,
+        source: CriClientError,
+    },
     #[error("creating the log directory {path}: {source}")]
     LogDir {
         path: String,
         source: std::io::Error,
     },
+}
+
+impl WorkerError {
+    /// The waiting reason upstream gives a container whose start failed so.
+    pub fn waiting_reason(&self) -> &'static str {
+        match self {
+            Self::ImagePull { .. } => "ErrImagePull",
+            Self::ImagePullBackOff { .. } => "ImagePullBackOff",
+            Self::ImageNeverPull { .. } => "ErrImageNeverPull",
+            Self::NoImage { .. } => "InvalidImageName",
+            Self::Container { .. } | Self::Volume { .. } => "CreateContainerConfigError",
+            Self::StartContainer { .. } => "RunContainerError",
+            Self::Cri(_)
+            | Self::Sandbox { .. }
+            | Self::LogDir { .. }
+            | Self::Cgroup { .. }
+            | Self::CreateContainer { .. } => "CreateContainerError",
+        }
+    }
 }
 
 /// What every worker shares.
@@ -89,6 +138,8 @@ pub struct Shared {
     pub runtime_name: String,
     /// The pods' cgroups, when the kubelet makes them (`cgroupsPerQOS`).
     pub pod_cgroups: Option<PodCgroups>,
+    /// The limit on image pulls running at once.
+    pub pulls: PullLimiter,
 }
 
 fn now_nanos() -> i64 {
@@ -165,6 +216,7 @@ pub async fn observe(cri: &CriClient, uid: &str) -> Result<Observed, CriClientEr
     Ok(Observed {
         sandboxes,
         containers,
+        ..Observed::default()
     })
 }
 
@@ -203,23 +255,49 @@ pub async fn remove_pod(
         })
 }
 
-/// Stops the running containers (together, as upstream) then the sandboxes.
+/// Stops the running containers, then the sandboxes: the regular (and init)
+/// containers together, as upstream, then the sidecars one by one in
+/// reverse order (KEP-753), so that what the main containers lean on
+/// outlives them; all within one grace period.
 async fn stop_all(
     cri: &CriClient,
     observed: &Observed,
     grace: Option<i64>,
     pod: Option<(&Pod, IpAddr)>,
 ) -> Result<(), CriClientError> {
-    let stops = observed
+    let grace = grace.unwrap_or(DEFAULT_GRACE_SECONDS);
+    let began = Instant::now();
+    let running: Vec<&ContainerState> = observed
         .containers
         .iter()
         .filter(|c| !matches!(c.state, RunState::Exited { .. }))
-        .map(|c| {
-            let spec = pod.and_then(|(p, ip)| Some((spec_container(p, &c.name)?, ip)));
-            stop_container(cri, &c.id, grace.unwrap_or(DEFAULT_GRACE_SECONDS), spec)
-        });
+        .collect();
+    let sidecar_index = |c: &ContainerState| {
+        let inits = pod?.0.spec.as_ref()?.init_containers.as_ref()?;
+        inits
+            .iter()
+            .position(|s| s.name == c.name)
+            .filter(|i| inits.get(*i).is_some_and(is_sidecar))
+    };
+    let spec_of =
+        |c: &ContainerState| pod.and_then(|(p, ip)| Some((spec_container(p, &c.name)?, ip)));
+    let (mut sidecars, mains): (Vec<&ContainerState>, Vec<&ContainerState>) = running
+        .into_iter()
+        .partition(|c| sidecar_index(c).is_some());
+    let stops = mains
+        .iter()
+        .map(|c| stop_container(cri, &c.id, grace, spec_of(c)));
     for r in futures::future::join_all(stops).await {
         match r {
+            Err(e) if !e.is_not_found() => return Err(e),
+            _ => {}
+        }
+    }
+    sidecars.sort_by_key(|c| std::cmp::Reverse(sidecar_index(c)));
+    for c in sidecars {
+        let spent = i64::try_from(began.elapsed().as_secs()).unwrap_or(i64::MAX);
+        let left = grace.saturating_sub(spent).max(MINIMUM_GRACE_SECONDS);
+        match stop_container(cri, &c.id, left, spec_of(c)).await {
             Err(e) if !e.is_not_found() => return Err(e),
             _ => {}
         }
@@ -293,6 +371,15 @@ pub async fn recorded_grace(cri: &CriClient, uid: &str) -> Option<i64> {
     })
 }
 
+/// The sandbox a sync starts containers in.
+struct Placement<'a> {
+    sandbox_id: &'a str,
+    attempt: u32,
+    pod_ips: &'a [IpAddr],
+    sandbox_config: &'a v1::PodSandboxConfig,
+    volumes: &'a PodVolumes,
+}
+
 /// One pod's state between syncs.
 pub struct PodWorker {
     pod: Pod,
@@ -313,6 +400,15 @@ pub struct PodWorker {
     pod_ip: Option<IpAddr>,
     /// What the status reports beyond the runtime's view.
     report: StatusInputs,
+    /// Running containers, by ID, with their names, as last listed.
+    running: HashMap<String, String>,
+    /// Containers whose startup probe passed, by ID.
+    startup_passed: HashSet<String>,
+    /// Failed image pulls waiting out their back-off.
+    pull_backoff: PullBackoff,
+    /// Why each container that is not running waits, by name: reason and
+    /// message.
+    waiting: HashMap<String, (String, String)>,
 }
 
 /// What the pod's status needs beyond what the runtime lists.
@@ -325,10 +421,6 @@ struct StatusInputs {
     details: HashMap<String, (RunState, v1::ContainerStatus)>,
     /// The current sandbox's ID and addresses.
     sandbox_ips: Option<(String, Vec<IpAddr>)>,
-    /// Containers waiting to be restarted, by name, and why.
-    waiting: BTreeMap<String, Waiting>,
-    /// Containers whose startup probe passed, by ID.
-    started: HashSet<String>,
     /// The status published last.
     last: Option<PodStatus>,
 }
@@ -359,10 +451,12 @@ impl PodWorker {
                 start_time: Timestamp::now(),
                 details: HashMap::new(),
                 sandbox_ips: None,
-                waiting: BTreeMap::new(),
-                started: HashSet::new(),
                 last: None,
             },
+            running: HashMap::new(),
+            startup_passed: HashSet::new(),
+            pull_backoff: PullBackoff::default(),
+            waiting: HashMap::new(),
             name: pod.metadata.name.clone().unwrap_or_default(),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             pod,
@@ -402,6 +496,39 @@ impl PodWorker {
         self.ready.get(id).copied()
     }
 
+    /// Why containers wait, by name: (reason, message), as upstream's
+    /// `ContainerStateWaiting` (`CrashLoopBackOff`, `ErrImagePull`,
+    /// `ImagePullBackOff`, `CreateContainerConfigError`,
+    /// `CreateContainerError`...). A container not here either runs or
+    /// waits for no reason of its own (e.g. init containers before it).
+    pub fn waiting(&self) -> &HashMap<String, (String, String)> {
+        &self.waiting
+    }
+
+    /// Whether the container `id` runs and has started: its startup probe
+    /// passed, or it has none.
+    pub fn started(&self, id: &str) -> bool {
+        let Some(name) = self.running.get(id) else {
+            return false;
+        };
+        let probed = spec_container(&self.pod, name).is_some_and(|c| c.startup_probe.is_some());
+        !probed || self.startup_passed.contains(id)
+    }
+
+    /// The running containers of `observed` whose startup probe has not
+    /// passed yet (even if their probes are not running yet).
+    fn unstarted(&self, observed: &Observed) -> HashSet<String> {
+        observed
+            .containers
+            .iter()
+            .filter(|c| c.state == RunState::Running && !self.startup_passed.contains(&c.id))
+            .filter(|c| {
+                spec_container(&self.pod, &c.name).is_some_and(|s| s.startup_probe.is_some())
+            })
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
     /// Starts the probes of containers that run and have none yet, and drops
     /// those of containers that no longer run.
     pub async fn update_probes(&mut self) -> Result<(), WorkerError> {
@@ -422,14 +549,27 @@ impl PodWorker {
         self.probes
             .retain(|id, _| running.iter().any(|(r, _)| r == id));
         self.ready.retain(|id, _| self.probes.contains_key(id));
+        self.running = running.iter().cloned().collect();
+        self.startup_passed
+            .retain(|id| self.running.contains_key(id));
         let pod_ip = self.probe_ip();
         let spec = self.pod.spec.clone().unwrap_or_default();
         for (id, name) in running {
             if self.probes.contains_key(&id) {
                 continue;
             }
-            // Init containers are not probed.
-            let Some(container) = spec.containers.iter().find(|c| c.name == name) else {
+            // Init containers are not probed, sidecars are.
+            let sidecars = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .filter(|c| is_sidecar(c));
+            let Some(container) = spec
+                .containers
+                .iter()
+                .chain(sidecars)
+                .find(|c| c.name == name)
+            else {
                 continue;
             };
             if let Some(p) = ContainerProbes::start(
@@ -460,7 +600,7 @@ impl PodWorker {
                 }
             }
             ProbeKind::Startup if r.success => {
-                self.report.started.insert(r.container_id.clone());
+                self.startup_passed.insert(r.container_id.clone());
                 tracing::info!(pod = %self.name, container = %r.container_name, "startup probe passed");
             }
             ProbeKind::Liveness if r.success => {}
@@ -489,30 +629,28 @@ impl PodWorker {
     /// One sync: observe, compute, act.
     pub async fn sync(&mut self) -> Result<Outcome, WorkerError> {
         let cri = self.shared.cri.clone();
-        let observed = observe(&cri, &self.uid).await?;
+        let mut observed = observe(&cri, &self.uid).await?;
+        observed.unstarted = self.unstarted(&observed);
         let actions = compute(&self.pod, &observed, &self.backoff, now_nanos());
         // Once per wait, not at every sync of it.
         self.backing_off
             .retain(|n| actions.backing_off.iter().any(|(b, _)| b == n));
-        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
-        self.report.waiting = actions
-            .backing_off
-            .iter()
-            .map(|(name, wait)| {
-                let message = format!(
-                    "back-off {} restarting failed container={name} pod={}_{namespace}({})",
-                    go_duration(*wait),
-                    self.name,
-                    self.uid
-                );
-                let reason = "CrashLoopBackOff".to_owned();
-                (name.clone(), Waiting { reason, message })
-            })
-            .collect();
+        self.waiting.retain(|n, (reason, _)| {
+            reason != "CrashLoopBackOff" || actions.backing_off.iter().any(|(b, _)| b == n)
+        });
         for (name, wait) in &actions.backing_off {
             if self.backing_off.insert(name.clone()) {
                 tracing::info!(pod = %self.name, container = %name, "back-off {wait:.0?} restarting the failed container");
             }
+            let message = format!(
+                "back-off {} restarting failed container={name} pod={}_{}({})",
+                go_duration(*wait),
+                self.name,
+                self.pod.metadata.namespace.as_deref().unwrap_or("default"),
+                self.uid
+            );
+            self.waiting
+                .insert(name.clone(), ("CrashLoopBackOff".to_owned(), message));
         }
         if actions.kill_pod {
             tracing::info!(pod = %self.name, "killing the pod's containers and sandbox");
@@ -602,40 +740,87 @@ impl PodWorker {
                 Kind::Regular => spec.containers.get(s.index),
             };
             let Some(container) = container else { continue };
-            let image = self.ensure_image(container, &sandbox_config).await?;
-            let mut ctx = self.context(attempt, pod_ips.clone());
-            ctx.restart_counts = BTreeMap::from([(container.name.clone(), s.restart_count)]);
-            let container_err = |source| WorkerError::Container {
-                pod: self.name.clone(),
-                container: container.name.clone(),
-                source,
+            let into = Placement {
+                sandbox_id: &sandbox_id,
+                attempt,
+                pod_ips: &pod_ips,
+                sandbox_config: &sandbox_config,
+                volumes: &volumes,
             };
-            let mut config = container_config(&ctx, &self.shared.node, container, &image)
-                .map_err(container_err)?;
-            config.mounts =
-                volumes
-                    .mounts_for(container)
-                    .map_err(|source| WorkerError::Volume {
-                        pod: self.name.clone(),
-                        source,
-                    })?;
-            let id = cri
-                .create_container(&sandbox_id, config, sandbox_config.clone())
-                .await?;
-            cri.start_container(&id).await?;
-            tracing::info!(pod = %self.name, container = %container.name, restarts = s.restart_count, id = %id, "container started");
-            self.post_start(container, &id).await?;
-            if let Some(prev) = &s.replaces {
-                let hash = crate::cri_config::container::container_hash(container);
-                self.backoff
-                    .restarted(&container.name, &hash, prev.started_at, prev.finished_at);
-                // Its restart count lives on in the new instance.
-                if let Err(e) = cri.remove_container(&prev.id).await {
-                    tracing::warn!(pod = %self.name, container = %container.name, "removing the exited instance: {e}");
+            let started = self.start_one(s, container, &into).await;
+            match started {
+                Ok(()) => {
+                    self.waiting.remove(&container.name);
+                }
+                Err(e) => {
+                    let reason = e.waiting_reason();
+                    // Once per reason, not at every sync of a back-off.
+                    let before = self.waiting.get(&container.name).map(|(r, _)| r.as_str());
+                    if before == Some(reason) {
+                        tracing::debug!(pod = %self.name, container = %container.name, reason, "{e}");
+                    } else {
+                        tracing::error!(pod = %self.name, container = %container.name, reason, "{e}");
+                    }
+                    self.waiting
+                        .insert(container.name.clone(), (reason.to_owned(), e.to_string()));
                 }
             }
         }
         Ok(actions.outcome)
+    }
+
+    /// Creates and starts one container of `actions`, with its image and
+    /// config, in the sandbox of `into`; a failure leaves the others to
+    /// start.
+    async fn start_one(
+        &mut self,
+        s: &Start,
+        container: &Container,
+        into: &Placement<'_>,
+    ) -> Result<(), WorkerError> {
+        let cri = self.shared.cri.clone();
+        let image = self.ensure_image(container, into.sandbox_config).await?;
+        let mut ctx = self.context(into.attempt, into.pod_ips.to_vec());
+        ctx.restart_counts = BTreeMap::from([(container.name.clone(), s.restart_count)]);
+        let container_err = |source| WorkerError::Container {
+            pod: self.name.clone(),
+            container: container.name.clone(),
+            source,
+        };
+        let mut config =
+            container_config(&ctx, &self.shared.node, container, &image).map_err(container_err)?;
+        config.mounts =
+            into.volumes
+                .mounts_for(container)
+                .map_err(|source| WorkerError::Volume {
+                    pod: self.name.clone(),
+                    source,
+                })?;
+        let id = cri
+            .create_container(into.sandbox_id, config, into.sandbox_config.clone())
+            .await
+            .map_err(|source| WorkerError::CreateContainer {
+                pod: self.name.clone(),
+                container: container.name.clone(),
+                source,
+            })?;
+        cri.start_container(&id)
+            .await
+            .map_err(|source| WorkerError::StartContainer {
+                pod: self.name.clone(),
+                container: container.name.clone(),
+                source,
+            })?;
+        tracing::info!(pod = %self.name, container = %container.name, restarts = s.restart_count, id = %id, "container started");
+        self.post_start(container, &id).await?;
+        if let Some(prev) = &s.replaces {
+            let hash = crate::cri_config::container::container_hash(container);
+            self.backoff
+                .restarted(&container.name, &hash, prev.started_at, prev.finished_at);
+            // The exited instance stays, for `lastState` and
+            // `logs --previous`; garbage collection removes older ones.
+        }
+        Ok(())
     }
 
     /// Runs `container`'s postStart hook, if any; killing it when the hook
@@ -680,7 +865,7 @@ impl PodWorker {
     /// The image reference to create `container` with, pulled per its
     /// `imagePullPolicy` (`Always` for `:latest` or no tag, else `IfNotPresent`).
     async fn ensure_image(
-        &self,
+        &mut self,
         container: &Container,
         sandbox: &v1::PodSandboxConfig,
     ) -> Result<String, WorkerError> {
@@ -719,12 +904,37 @@ impl PodWorker {
                 });
             }
         }
+        if let Some(wait) = self.pull_backoff.remaining(&image, Instant::now()) {
+            return Err(WorkerError::ImagePullBackOff {
+                pod: self.name.clone(),
+                container: container.name.clone(),
+                image,
+                wait,
+            });
+        }
+        let permit = self.shared.pulls.acquire().await;
         tracing::info!(pod = %self.name, container = %container.name, image = %image, "pulling");
-        Ok(self
+        let pulled = self
             .shared
             .cri
             .pull_image(spec, None, Some(sandbox.clone()))
-            .await?)
+            .await;
+        drop(permit);
+        match pulled {
+            Ok(id) => {
+                self.pull_backoff.succeeded(&image);
+                Ok(id)
+            }
+            Err(source) => {
+                self.pull_backoff.failed(&image, Instant::now());
+                Err(WorkerError::ImagePull {
+                    pod: self.name.clone(),
+                    container: container.name.clone(),
+                    image,
+                    source,
+                })
+            }
+        }
     }
 
     /// Computes the pod's status from a fresh look at the runtime and
@@ -736,9 +946,6 @@ impl PodWorker {
         report
             .details
             .retain(|id, _| observed.containers.iter().any(|c| &c.id == id));
-        report
-            .started
-            .retain(|id| observed.containers.iter().any(|c| &c.id == id));
         let mut instances = Vec::with_capacity(observed.containers.len());
         for c in &observed.containers {
             let known = report
@@ -773,7 +980,7 @@ impl PodWorker {
                     .unwrap_or_default(),
                 image_ref: d.image_ref.clone(),
                 ready: self.ready.get(&c.id).copied(),
-                started: report.started.contains(&c.id).then_some(true),
+                started: self.startup_passed.contains(&c.id).then_some(true),
             });
         }
         let sandbox = observed.sandboxes.iter().max_by_key(|s| s.created_at);
@@ -795,6 +1002,17 @@ impl PodWorker {
             Some(_) => {}
             None => report.sandbox_ips = None,
         }
+        let waiting: BTreeMap<String, Waiting> = self
+            .waiting
+            .iter()
+            .map(|(name, (reason, message))| {
+                let w = Waiting {
+                    reason: reason.clone(),
+                    message: message.clone(),
+                };
+                (name.clone(), w)
+            })
+            .collect();
         let no_ips = Vec::new();
         let pod_ips = report.sandbox_ips.as_ref().map_or(&no_ips, |(_, ips)| ips);
         let status = pod_status(&PodView {
@@ -805,7 +1023,7 @@ impl PodWorker {
             host_ips: &self.shared.node.host_ips,
             start_time: report.start_time,
             instances: &instances,
-            waiting: &report.waiting,
+            waiting: &waiting,
             previous: report.last.as_ref(),
             now: Timestamp::now(),
         });
@@ -913,13 +1131,14 @@ pub fn spawn(pod: Pod, shared: Arc<Shared>) -> WorkerHandle {
                 () = poked.notified() => {}
                 () = tokio::time::sleep(resync) => {}
                 Some(r) = reported.recv() => {
-                    let kill = !r.success && r.kind != ProbeKind::Readiness;
+                    // A killed container is restarted at the next sync, and
+                    // a started sidecar lets the next init container start;
+                    // readiness alone needs none.
+                    let resync = r.kind != ProbeKind::Readiness;
                     if let Err(e) = worker.on_report(r).await {
                         tracing::error!(pod = %worker.name, "acting on a probe: {e}");
                     }
-                    // A killed container is restarted at the next sync;
-                    // readiness alone needs none.
-                    if !kill {
+                    if !resync {
                         continue;
                     }
                 }

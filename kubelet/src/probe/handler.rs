@@ -7,7 +7,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{
-    Container, ExecAction, HTTPGetAction, LifecycleHandler, Probe, TCPSocketAction,
+    Container, ExecAction, GRPCAction, HTTPGetAction, LifecycleHandler, Probe, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use thiserror::Error;
@@ -17,7 +17,7 @@ use crate::cri_client::{CriClient, CriClientError};
 
 /// Upstream sends this user agent (with its version) so that applications
 /// can tell probes from users.
-const USER_AGENT: &str = "kube-probe/berth";
+pub(crate) const USER_AGENT: &str = "kube-probe/berth";
 
 /// Why a probe could not give an answer.
 #[derive(Debug, Error)]
@@ -30,10 +30,14 @@ pub enum ProbeError {
     NamedPort { name: String },
     #[error("port {0} is out of range 1-65535")]
     PortRange(i64),
-    #[error("host {0:?} is not an IP address; name resolution in probes is not supported yet")]
-    Host(String),
+    #[error("host {host:?}: {reason}")]
+    Host { host: String, reason: String },
     #[error("header {name:?}: {source}")]
     Header { name: String, source: http::Error },
+    #[error("gRPC mode {0:?} is neither TLS nor Plaintext")]
+    GrpcMode(String),
+    #[error("scheme {0:?} is neither HTTP nor HTTPS")]
+    Scheme(String),
     #[error("exec in the container: {0}")]
     Exec(#[source] CriClientError),
 }
@@ -60,7 +64,7 @@ pub enum Action<'a> {
     Exec(&'a ExecAction),
     HttpGet(&'a HTTPGetAction),
     TcpSocket(&'a TCPSocketAction),
-    Grpc,
+    Grpc(&'a GRPCAction),
     /// A hook's `sleep` action.
     Sleep(i64),
 }
@@ -73,8 +77,8 @@ impl<'a> Action<'a> {
             Ok(Action::HttpGet(h))
         } else if let Some(t) = &p.tcp_socket {
             Ok(Action::TcpSocket(t))
-        } else if p.grpc.is_some() {
-            Ok(Action::Grpc)
+        } else if let Some(g) = &p.grpc {
+            Ok(Action::Grpc(g))
         } else {
             Err(ProbeError::NoAction)
         }
@@ -111,12 +115,21 @@ pub struct Target<'a> {
 pub async fn run(action: Action<'_>, target: &Target<'_>, timeout: Duration) -> ProbeResult {
     match action {
         Action::Exec(e) => exec(e, target, timeout).await,
-        Action::TcpSocket(t) => match address(t.host.as_deref(), &t.port, target) {
-            Ok(addr) => tcp(addr, timeout).await,
-            Err(e) => ProbeResult::Unknown(e),
-        },
+        Action::TcpSocket(t) => {
+            let port = IntOrString::clone(&t.port);
+            match address(t.host.as_deref(), &port, target, timeout).await {
+                Ok((addr, _)) => tcp(addr, timeout).await,
+                Err(e) => ProbeResult::Unknown(e),
+            }
+        }
         Action::HttpGet(h) => http_get(h, target, timeout).await,
-        Action::Grpc => ProbeResult::Unknown(ProbeError::Unsupported("gRPC")),
+        Action::Grpc(g) => match u16::try_from(g.port).ok().filter(|p| *p != 0) {
+            // gRPC probes have no host: always the pod.
+            Some(port) => {
+                super::grpc::check(g, SocketAddr::new(target.pod_ip, port), timeout).await
+            }
+            None => ProbeResult::Unknown(ProbeError::PortRange(i64::from(g.port))),
+        },
         Action::Sleep(seconds) => {
             let d = Duration::from_secs(u64::try_from(seconds).unwrap_or(0));
             tokio::time::sleep(d.min(timeout)).await;
@@ -165,20 +178,36 @@ pub fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, Pr
         .ok_or(ProbeError::PortRange(n))
 }
 
-fn address(
+/// Where a network action goes, and the authority (`host:port`) it names:
+/// the probe's `host` (an IP, or a name resolved on the node, as upstream)
+/// or else the pod's IP.
+async fn address(
     host: Option<&str>,
     port: &IntOrString,
     target: &Target<'_>,
-) -> Result<SocketAddr, ProbeError> {
+    timeout: Duration,
+) -> Result<(SocketAddr, String), ProbeError> {
     let port = resolve_port(port, target.container)?;
-    let ip = match host.filter(|h| !h.is_empty()) {
-        None => target.pod_ip,
-        Some(h) => h
-            .trim_matches(|c| c == '[' || c == ']')
-            .parse()
-            .map_err(|_| ProbeError::Host(h.to_owned()))?,
+    let Some(host) = host.filter(|h| !h.is_empty()) else {
+        let addr = SocketAddr::new(target.pod_ip, port);
+        return Ok((addr, addr.to_string()));
     };
-    Ok(SocketAddr::new(ip, port))
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        let addr = SocketAddr::new(ip, port);
+        return Ok((addr, addr.to_string()));
+    }
+    let host_err = |reason: String| ProbeError::Host {
+        host: host.to_owned(),
+        reason,
+    };
+    let found = tokio::time::timeout(timeout, tokio::net::lookup_host((bare, port)))
+        .await
+        .map_err(|_| host_err(format!("name resolution timed out after {timeout:?}")))?
+        .map_err(|e| host_err(e.to_string()))?
+        .next()
+        .ok_or_else(|| host_err("the name resolves to no address".to_owned()))?;
+    Ok((found, format!("{bare}:{port}")))
 }
 
 async fn tcp(addr: SocketAddr, timeout: Duration) -> ProbeResult {
@@ -190,33 +219,56 @@ async fn tcp(addr: SocketAddr, timeout: Duration) -> ProbeResult {
 }
 
 async fn http_get(h: &HTTPGetAction, target: &Target<'_>, timeout: Duration) -> ProbeResult {
-    if h.scheme
-        .as_deref()
-        .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"))
-    {
-        return ProbeResult::Unknown(ProbeError::Unsupported("HTTPS"));
-    }
-    let addr = match address(h.host.as_deref(), &h.port, target) {
+    let tls = match h.scheme.as_deref() {
+        None | Some("") => false,
+        Some(s) if s.eq_ignore_ascii_case("HTTP") => false,
+        Some(s) if s.eq_ignore_ascii_case("HTTPS") => true,
+        Some(s) => return ProbeResult::Unknown(ProbeError::Scheme(s.to_owned())),
+    };
+    let (addr, authority) = match address(h.host.as_deref(), &h.port, target, timeout).await {
         Ok(a) => a,
         Err(e) => return ProbeResult::Unknown(e),
     };
-    let request = match build_request(h, addr) {
+    let request = match build_request(h, &authority) {
         Ok(r) => r,
         Err(e) => return ProbeResult::Unknown(e),
     };
-    match tokio::time::timeout(timeout, send(addr, request)).await {
+    let scheme = if tls { "https" } else { "http" };
+    let server = h
+        .host
+        .as_deref()
+        .filter(|h| !h.is_empty() && h.parse::<IpAddr>().is_err())
+        .and_then(|h| rustls::pki_types::ServerName::try_from(h.to_owned()).ok())
+        .unwrap_or_else(|| addr.ip().into());
+    let exchange = async {
+        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        if tls {
+            let config = super::tls::insecure_client(super::tls::Alpn::Http1)
+                .map_err(|e| format!("TLS client: {e}"))?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(server, stream)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            send(stream, request).await
+        } else {
+            send(stream, request).await
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(status)) if (200..400).contains(&status) => ProbeResult::Success,
         Ok(Ok(status)) => {
             ProbeResult::Failure(format!("HTTP probe failed with statuscode: {status}"))
         }
-        Ok(Err(e)) => ProbeResult::Failure(format!("GET http://{addr}: {e}")),
-        Err(_) => ProbeResult::Failure(format!("GET http://{addr}: timeout after {timeout:?}")),
+        Ok(Err(e)) => ProbeResult::Failure(format!("GET {scheme}://{authority}: {e}")),
+        Err(_) => ProbeResult::Failure(format!(
+            "GET {scheme}://{authority}: timeout after {timeout:?}"
+        )),
     }
 }
 
 fn build_request(
     h: &HTTPGetAction,
-    addr: SocketAddr,
+    authority: &str,
 ) -> Result<http::Request<Empty<Bytes>>, ProbeError> {
     let path = match h.path.as_deref() {
         None | Some("") => "/".to_owned(),
@@ -224,7 +276,7 @@ fn build_request(
         Some(p) => format!("/{p}"),
     };
     let mut b = http::Request::get(path)
-        .header(http::header::HOST, addr.to_string())
+        .header(http::header::HOST, authority)
         .header(http::header::USER_AGENT, USER_AGENT)
         .header(http::header::ACCEPT, "*/*");
     // The spec's headers replace the defaults of the same name, Host included.
@@ -248,8 +300,10 @@ fn build_request(
 }
 
 /// The response's status; a transport error is the probe's failure message.
-async fn send(addr: SocketAddr, request: http::Request<Empty<Bytes>>) -> Result<u16, String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+async fn send<S>(stream: S, request: http::Request<Empty<Bytes>>) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;

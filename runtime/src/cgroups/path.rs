@@ -209,7 +209,10 @@ mod tests {
             b("berth/kubepods/burstable/pod1/c1", "berth"),
             Path::new("kubepods/burstable/pod1/c1")
         );
-        assert_eq!(b("kubepods/pod1/c1", "berth"), Path::new("kubepods/pod1/c1"));
+        assert_eq!(
+            b("kubepods/pod1/c1", "berth"),
+            Path::new("kubepods/pod1/c1")
+        );
         // Whole components only, and never the parent itself.
         assert_eq!(b("berthday/c1", "berth"), Path::new("berthday/c1"));
         assert_eq!(b("berth", "berth"), Path::new("berth"));
