@@ -37,6 +37,10 @@ pub struct Args {
     /// Where containers' logs go, a directory per pod.
     #[arg(long, default_value = "/var/log/pods")]
     pod_log_dir: PathBuf,
+    /// The cgroup (a cgroupfs path) the pods' `kubepods` tree goes under;
+    /// default: the hierarchy's root.
+    #[arg(long, default_value = "/")]
+    cgroup_root: String,
     /// How often each pod is synced when nothing happens, in seconds.
     #[arg(long, default_value_t = 5)]
     resync_seconds: u64,
@@ -78,6 +82,12 @@ async fn run(args: Args) -> Result<()> {
     let cri = CriClient::connect(&args.runtime_endpoint, Duration::from_secs(30))
         .await
         .with_context(|| format!("connecting to the runtime at {}", args.runtime_endpoint))?;
+    anyhow::ensure!(
+        args.cgroup_root.starts_with('/')
+            && !args.cgroup_root.split('/').any(|c| c == ".." || c == "."),
+        "--cgroup-root {:?}: an absolute cgroup path without . or .. is needed",
+        args.cgroup_root
+    );
     let memory = memory_capacity();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let node_ctx = NodeContext {
@@ -89,6 +99,7 @@ async fn run(args: Args) -> Result<()> {
             ephemeral_storage: 0,
         },
         pod_log_root: args.pod_log_dir.clone(),
+        cgroup_root: args.cgroup_root.clone(),
         ..NodeContext::default()
     };
     let config_dir = args

@@ -40,7 +40,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 pub use container::{ContainerError, container_config};
 pub use dns::DnsSettings;
-pub use qos::{CgroupDriver, QosClass, cgroup_parent, qos_class};
+pub use qos::{CgroupDriver, QosClass, cgroup_parent, qos_class, under_root};
 pub use sandbox::{SandboxError, sandbox_config};
 
 /// The node's allocatable resources: what a container without a limit may
@@ -69,6 +69,10 @@ pub struct NodeContext {
     pub allocatable: Allocatable,
     /// The cgroup driver shared with the runtime.
     pub cgroup_driver: CgroupDriver,
+    /// The cgroupfs path that `kubepods` is under (upstream's
+    /// `--cgroup-root`), so that a node sharing its machine keeps its pods
+    /// inside one cgroup; empty for the hierarchy's root.
+    pub cgroup_root: String,
     /// Where pods' log directories go (`/var/log/pods`).
     pub pod_log_root: PathBuf,
     /// Where `Localhost` seccomp profiles are (`/var/lib/kubelet/seccomp`).
@@ -92,6 +96,7 @@ impl Default for NodeContext {
             memory_capacity: 0,
             allocatable: Allocatable::default(),
             cgroup_driver: CgroupDriver::default(),
+            cgroup_root: String::new(),
             pod_log_root: PathBuf::from("/var/log/pods"),
             seccomp_profile_root: PathBuf::from("/var/lib/kubelet/seccomp"),
             seccomp_default: false,

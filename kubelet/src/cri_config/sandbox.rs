@@ -169,7 +169,10 @@ fn linux_config(
             .flat_map(|s| s.supplemental_groups.iter().flatten()),
     );
     LinuxPodSandboxConfig {
-        cgroup_parent: qos::cgroup_parent(qos, id.uid, node.cgroup_driver),
+        cgroup_parent: qos::under_root(
+            &node.cgroup_root,
+            qos::cgroup_parent(qos, id.uid, node.cgroup_driver),
+        ),
         security_context: Some(LinuxSandboxSecurityContext {
             namespace_options: Some(namespace_options(spec)),
             run_as_user: sc
