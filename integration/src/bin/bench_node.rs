@@ -539,13 +539,7 @@ async fn configuration(
     image: &str,
     pause: Option<&str>,
 ) -> Result<Figures> {
-    let cri = CriClient::connect(
-        &format!("unix://{}", runtime.socket().display()),
-        Duration::from_secs(60),
-    )
-    .await
-    .with_context(|| format!("connecting to {}", runtime.name()))?
-    .with_request_timeout(Duration::from_secs(120));
+    let cri = connect(runtime).await?;
     wait_ready(&cri, runtime).await?;
     for i in std::iter::once(image).chain(pause) {
         cri.pull_image(
@@ -596,6 +590,27 @@ async fn configuration(
     let figs = result?;
     stopped?;
     Ok(figs)
+}
+
+/// A client of the runtime once its socket answers (containerd makes it
+/// after loading its plugins).
+async fn connect(runtime: &Runtime) -> Result<CriClient> {
+    let endpoint = format!("unix://{}", runtime.socket().display());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match CriClient::connect(&endpoint, Duration::from_secs(10)).await {
+            Ok(c) => return Ok(c.with_request_timeout(Duration::from_secs(120))),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e).with_context(|| format!("connecting to {}", runtime.name()));
+            }
+            Err(_) => {
+                if let Runtime::Containerd(c) = runtime {
+                    ensure!(c.alive(), "containerd exited:\n{}", c.log());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// Until the runtime reports RuntimeReady (NetworkReady does not matter to
@@ -848,7 +863,16 @@ fn main() -> Result<()> {
             }
             Runtime::Containerd(c) => c.shutdown(),
         }
-        figs.push(result?);
+        match result {
+            Ok(f) => figs.push(f),
+            Err(e) => {
+                // What was measured before the failure is still worth seeing.
+                if !figs.is_empty() {
+                    print(&figs, (&load_before, &loadavg()));
+                }
+                return Err(e);
+            }
+        }
     }
     print(&figs, (&load_before, &loadavg()));
     Ok(())
