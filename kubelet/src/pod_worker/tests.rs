@@ -236,3 +236,20 @@ fn back_off_delays(#[case] runs: &[i64], #[case] expected: Duration) {
 fn pull_policy_defaults(#[case] image: &str, #[case] policy: &str) {
     assert_eq!(super::worker::default_pull_policy(image), policy);
 }
+
+#[test]
+fn resyncs_fall_on_one_grid_for_all_workers() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    let period = Duration::from_secs(5);
+    let wait = super::worker::until_resync(period);
+    assert!(wait > Duration::ZERO && wait <= period, "{wait:?}");
+    let at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap() + wait;
+    // Where the wait ends: on a multiple of the period, give or take the
+    // time this test took.
+    let off = at.as_millis() % period.as_millis();
+    assert!(
+        off < 100 || off > period.as_millis() - 100,
+        "{off} ms off the grid"
+    );
+}
