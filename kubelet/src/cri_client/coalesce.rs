@@ -161,7 +161,7 @@ mod tests {
     async fn a_dropped_leader_does_not_strand_its_batch() {
         let c = Coalescer::<u8>::default();
         // Boxed, so that dropping the leader drops the future itself.
-        let mut leader = Box::pin(c.call(|| futures::future::pending()));
+        let mut leader = Box::pin(c.call(futures::future::pending));
         let mut joiner = Box::pin(c.call(|| async { Ok(vec![7]) }));
         // Both enter: the leader holds the sending turn, the joiner waits.
         tokio::select! {
