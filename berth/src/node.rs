@@ -155,6 +155,10 @@ async fn run(args: Args) -> Result<()> {
             .await
             .unwrap_or_else(|| DEFAULT_CGROUP_ROOT.to_owned()),
     };
+    anyhow::ensure!(
+        cgroup_root.starts_with('/') && !cgroup_root.split('/').any(|c| c == ".." || c == "."),
+        "--cgroup-root {cgroup_root:?}: an absolute cgroup path without . or .. is needed"
+    );
     let memory = memory_capacity();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let config_dir = args

@@ -36,6 +36,20 @@ pub fn percentile<T: Copy + Ord>(v: &[T], p: f64) -> T {
     s[rank.clamp(1, s.len()) - 1]
 }
 
+/// (Pss, Rss) in KiB from /proc/PID/smaps_rollup.
+pub fn rollup(pid: i32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |key: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((field("Pss:")?, field("Rss:")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,9 @@
 //! - [`caps`], [`cgroup`], [`console`], [`proc`]: capability sets, cgroup
 //!   files, console sockets, /proc;
 //! - [`image`], [`containerd`]: a tar writer, an OCI image tarball and a
-//!   private containerd;
+//!   private containerd; [`containerd_cri`]: one with its CRI plugin in a
+//!   node namespace, for the benchmarks; [`forward`]: a port in a namespace
+//!   relayed outside;
 //! - [`oci`]: OCI and Docker images built in memory (layers, configs,
 //!   manifests, indexes), written as OCI layouts and `docker save` tarballs;
 //! - [`registry`]: Debian's docker-registry on a free port (optionally
@@ -50,8 +52,10 @@ pub mod cgroup;
 pub mod cni;
 pub mod console;
 pub mod containerd;
+pub mod containerd_cri;
 pub mod cri;
 pub mod exec;
+pub mod forward;
 pub mod http;
 pub mod image;
 pub mod image_store;

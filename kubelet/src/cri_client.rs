@@ -5,7 +5,12 @@
 //! A thin layer on purpose: one method per RPC the pod worker needs, a
 //! deadline on each, and errors that name the RPC and keep the gRPC code
 //! (so a caller can tell `NotFound` from a failure). No retries and no
-//! caching: those are the caller's policy.
+//! caching: those are the caller's policy. One exception to thinness:
+//! ListPodSandbox and ListContainers calls that select by labels and state
+//! only (what every pod worker's sync asks) share one unfiltered request
+//! with the calls that overlap them, and are filtered here (see
+//! [`coalesce`]): a node with hundreds of pods would otherwise keep the
+//! runtime busy answering lists.
 //!
 //! Deadlines follow upstream's: every call gets the request timeout
 //! (default 2 min, upstream's `--runtime-request-timeout`), except that
@@ -18,10 +23,13 @@
 //! too, and enforced here as well, so a runtime that ignores it cannot hang
 //! the pod worker.
 
+mod coalesce;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::v1;
@@ -102,6 +110,30 @@ impl CriClientError {
     pub fn is_not_found(&self) -> bool {
         self.code() == Some(Code::NotFound)
     }
+
+    /// The same error for another caller of a shared request (which fails
+    /// only with the call errors, all plain data).
+    fn duplicate(&self) -> Self {
+        match self {
+            CriClientError::Rpc { rpc, code, message } => CriClientError::Rpc {
+                rpc,
+                code: *code,
+                message: message.clone(),
+            },
+            CriClientError::Timeout { rpc, timeout } => CriClientError::Timeout {
+                rpc,
+                timeout: *timeout,
+            },
+            CriClientError::MissingField { rpc, field } => {
+                CriClientError::MissingField { rpc, field }
+            }
+            other => CriClientError::Rpc {
+                rpc: "(shared request)",
+                code: Code::Unknown,
+                message: other.to_string(),
+            },
+        }
+    }
 }
 
 /// A verbose status RPC's answer: the status, and the runtime's free-form
@@ -154,6 +186,8 @@ pub struct CriClient {
     path: PathBuf,
     request_timeout: Duration,
     pull_timeout: Option<Duration>,
+    sandboxes: Arc<coalesce::Coalescer<v1::PodSandbox>>,
+    containers: Arc<coalesce::Coalescer<v1::Container>>,
 }
 
 impl std::fmt::Debug for CriClient {
@@ -190,6 +224,12 @@ async fn unary<T>(
     answer
         .map(tonic::Response::into_inner)
         .map_err(|s| CriClientError::from_status(rpc, s))
+}
+
+/// Whether `labels` has every key and value of `selector`, as the CRI's
+/// label selectors match.
+fn labels_match(selector: &HashMap<String, String>, labels: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// A CRI timeout in seconds added to the request timeout, as upstream does
@@ -232,6 +272,8 @@ impl CriClient {
             path,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             pull_timeout: None,
+            sandboxes: Arc::default(),
+            containers: Arc::default(),
         };
         let v = client.version().await?;
         if v.runtime_api_version != CRI_API_VERSION {
@@ -357,7 +399,32 @@ impl CriClient {
         })
     }
 
+    /// The sandboxes `filter` selects; by labels and state only (or none),
+    /// from a request shared with overlapping calls.
     pub async fn list_pod_sandbox(
+        &self,
+        filter: Option<v1::PodSandboxFilter>,
+    ) -> Result<Vec<v1::PodSandbox>, CriClientError> {
+        let shareable = filter.as_ref().is_none_or(|f| f.id.is_empty());
+        if !shareable {
+            return self.list_pod_sandbox_request(filter).await;
+        }
+        let all = self
+            .sandboxes
+            .call(|| self.list_pod_sandbox_request(None))
+            .await?;
+        let f = filter.unwrap_or_default();
+        Ok(all
+            .iter()
+            .filter(|s| {
+                f.state.as_ref().is_none_or(|st| st.state == s.state)
+                    && labels_match(&f.label_selector, &s.labels)
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn list_pod_sandbox_request(
         &self,
         filter: Option<v1::PodSandboxFilter>,
     ) -> Result<Vec<v1::PodSandbox>, CriClientError> {
@@ -425,7 +492,34 @@ impl CriClient {
         Ok(())
     }
 
+    /// The containers `filter` selects; by labels and state only (or
+    /// none), from a request shared with overlapping calls.
     pub async fn list_containers(
+        &self,
+        filter: Option<v1::ContainerFilter>,
+    ) -> Result<Vec<v1::Container>, CriClientError> {
+        let shareable = filter
+            .as_ref()
+            .is_none_or(|f| f.id.is_empty() && f.pod_sandbox_id.is_empty());
+        if !shareable {
+            return self.list_containers_request(filter).await;
+        }
+        let all = self
+            .containers
+            .call(|| self.list_containers_request(None))
+            .await?;
+        let f = filter.unwrap_or_default();
+        Ok(all
+            .iter()
+            .filter(|c| {
+                f.state.as_ref().is_none_or(|st| st.state == c.state)
+                    && labels_match(&f.label_selector, &c.labels)
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn list_containers_request(
         &self,
         filter: Option<v1::ContainerFilter>,
     ) -> Result<Vec<v1::Container>, CriClientError> {

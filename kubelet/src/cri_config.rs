@@ -40,7 +40,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 pub use container::{ContainerError, container_config};
 pub use dns::DnsSettings;
-pub use qos::{CgroupDriver, QosClass, cgroup_parent, qos_class};
+pub use qos::{CgroupDriver, QosClass, cgroup_parent, qos_class, under_root};
 pub use sandbox::{SandboxError, sandbox_config};
 
 /// The node's allocatable resources: what a container without a limit may

@@ -13,32 +13,26 @@
 //! bench/README.md.
 
 use std::collections::{HashMap, HashSet};
-use std::io::ErrorKind;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use berth_integration::bench::{default_berth, percentile};
-use berth_integration::containerd::kill_and_remove_cgroup;
+use berth_integration::bench::{default_berth, percentile, rollup};
+use berth_integration::containerd_cri::{ContainerdCri, conflist, tail};
 use berth_integration::cri::{CriDaemon, Options};
-use berth_integration::exec::{Spawned, spawn_daemon};
+use berth_integration::forward::Forwarder;
 use berth_integration::images;
 use berth_integration::netns::NetNs;
 use berth_integration::oci::{Format, Image, ImageConfig};
 use berth_integration::proc;
 use berth_integration::registry::Registry;
 use berth_integration::runtime::which;
-use berth_integration::workdir::{mounts_below, remove_tree_if_unmounted, tempdir};
+use berth_integration::workdir::tempdir;
 use berth_proto::v1;
 use berth_proto::v1::image_service_client::ImageServiceClient;
 use berth_proto::v1::runtime_service_client::RuntimeServiceClient;
 use hyper_util::rt::TokioIo;
-use serde_json::json;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// How many pods start at once in the concurrent phase.
@@ -48,9 +42,6 @@ const WORKERS: usize = 10;
 const WORKLOAD: [&str; 2] = ["sleep", "86400"];
 /// containerd needs a sandbox image; a long sleep in busybox plays pause.
 const PAUSE_ENTRYPOINT: [&str; 2] = ["/bin/sleep", "2147483647"];
-const CONTAINERD: &str = "/usr/bin/containerd";
-const RUNC: &str = "/usr/sbin/runc";
-const RUN_DIR: &str = "/run/containerd";
 const MIB: f64 = 1024.0;
 
 struct Args {
@@ -106,300 +97,6 @@ fn parse_args() -> Result<Args> {
         show_processes,
         berth_only,
     })
-}
-
-fn conflist(ipam_dir: &Path) -> serde_json::Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": "berth-bench-cri",
-        "plugins": [
-            {
-                "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
-                "ipam": {
-                    "type": "host-local", "dataDir": ipam_dir,
-                    "ranges": [[{"subnet": "10.89.0.0/16"}]],
-                    "routes": [{"dst": "0.0.0.0/0"}]
-                }
-            },
-            {"type": "portmap", "capabilities": {"portMappings": true}},
-            {"type": "loopback"}
-        ]
-    })
-}
-
-/// Makes the registry, which listens on the host's loopback, reachable at
-/// 127.0.0.1:`port` inside a node namespace: the daemons pull from inside
-/// their namespaces, whose loopback is their own. The listening socket is
-/// made inside the namespace; connections to the registry are made from
-/// threads that stay outside.
-struct Forwarder {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Forwarder {
-    fn start(ns: &NetNs, port: u16, upstream: SocketAddr) -> Result<Forwarder> {
-        let listener =
-            berth_cni::netns::run_in(&ns.path(), move || TcpListener::bind(("127.0.0.1", port)))??;
-        // Polled, so that the thread notices `stop`.
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        if client.set_nonblocking(false).is_ok() {
-                            std::thread::spawn(move || relay(client, upstream));
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Ok(Forwarder {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    fn port(ns: &NetNs) -> Result<u16> {
-        let l = berth_cni::netns::run_in(&ns.path(), || TcpListener::bind("127.0.0.1:0"))??;
-        Ok(l.local_addr()?.port())
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn relay(client: TcpStream, upstream: SocketAddr) {
-    let Ok(server) = TcpStream::connect(upstream) else {
-        return;
-    };
-    let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
-        return;
-    };
-    let up = std::thread::spawn(move || pipe(c2, s2));
-    pipe(server, client);
-    let _ = up.join();
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
-    let _ = std::io::copy(&mut from, &mut to);
-    let _ = to.shutdown(Shutdown::Write);
-}
-
-/// A private containerd with its CRI plugin: config, root, state, socket,
-/// CNI dirs and registry hosts in a temp dir, running in a node namespace;
-/// its pods' cgroups under one parent of ours. Stopped, with everything it
-/// started, on drop.
-struct ContainerdCri {
-    dir: PathBuf,
-    socket: PathBuf,
-    cgroup_parent: String,
-    daemon: Option<Spawned>,
-    /// Whether /run/containerd existed before (the shims put their sockets
-    /// in `s/` there whatever the config says).
-    run_dir_existed: bool,
-}
-
-impl ContainerdCri {
-    fn start(
-        ns: &NetNs,
-        berth: &Path,
-        registry: &str,
-        sandbox_image: &str,
-        conflist: &serde_json::Value,
-    ) -> Result<ContainerdCri> {
-        for b in [CONTAINERD, RUNC] {
-            ensure!(
-                Path::new(b).is_file(),
-                "{b} not found: apt-get install containerd runc"
-            );
-        }
-        ensure!(
-            which("containerd-shim-runc-v2").is_some(),
-            "containerd-shim-runc-v2 not found: apt-get install containerd"
-        );
-        let run_dir_existed = Path::new(RUN_DIR).exists();
-        let dir = tempdir("bench-ctrd-")?.keep();
-        let mut c = ContainerdCri {
-            socket: dir.join("c.sock"),
-            cgroup_parent: format!("berth-bench-ctrd-{}", std::process::id()),
-            dir,
-            daemon: None,
-            run_dir_existed,
-        };
-        let d = c.dir.clone();
-        for sub in ["cni/net.d", "logs", "run"] {
-            std::fs::create_dir_all(d.join(sub))?;
-        }
-        // State on a tmpfs, as /run is on a node; berth's gets the same.
-        mount_tmpfs(&d.join("run"))?;
-        std::fs::write(
-            d.join("cni/net.d/10-bench.conflist"),
-            serde_json::to_vec_pretty(conflist)?,
-        )?;
-        let out = Command::new(berth)
-            .args(["cni", "install", "--dir"])
-            .arg(d.join("cni/bin"))
-            .output()
-            .context("running berth cni install")?;
-        ensure!(
-            out.status.success(),
-            "berth cni install: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // containerd 1.6 ignores a hosts.toml without a [host] table and
-        // would try https.
-        let hosts = d.join("certs.d").join(registry);
-        std::fs::create_dir_all(&hosts)?;
-        std::fs::write(
-            hosts.join("hosts.toml"),
-            format!(
-                "server = \"http://{registry}\"\n\n[host.\"http://{registry}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-            ),
-        )?;
-        std::fs::write(d.join("config.toml"), c.config(sandbox_image))?;
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", ns.path().display()))
-            .arg("--")
-            .arg(CONTAINERD)
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
-        c.daemon = Some(spawn_daemon(cmd, &d.join("containerd"))?);
-        Ok(c)
-    }
-
-    fn config(&self, sandbox_image: &str) -> String {
-        format!(
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/run/state"
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing",
-]
-
-[grpc]
-  address = "{s}"
-
-[ttrpc]
-  address = "{s}.ttrpc"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{sandbox_image}"
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-  # Root here lacks CAP_SYS_RESOURCE: runc could not give the sandbox its
-  # oom_score_adj of -998.
-  restrict_oom_score_adj = true
-  # Pod namespaces pinned in our state dir, not /run/netns.
-  netns_mounts_under_state_dir = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        BinaryName = "{RUNC}"
-        Root = "{d}/run/runc"
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{d}/cni/bin"
-    conf_dir = "{d}/cni/net.d"
-    max_conf_num = 1
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{d}/certs.d"
-"#,
-            d = self.dir.display(),
-            s = self.socket.display(),
-        )
-    }
-
-    fn pid(&self) -> Option<i32> {
-        self.daemon.as_ref().map(|d| d.pid())
-    }
-
-    fn alive(&self) -> bool {
-        self.pid().is_some_and(proc::alive)
-    }
-
-    fn log(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("containerd.stderr")).unwrap_or_default();
-        tail(&log, 30)
-    }
-
-    /// SIGTERM to the daemon; SIGKILL to its shims and whatever is left in
-    /// our cgroups; unmounts and removes the temp dir.
-    fn shutdown(&mut self) {
-        let Some(daemon) = self.daemon.take() else {
-            return;
-        };
-        // SAFETY: signalling the daemon we started.
-        unsafe { libc::kill(daemon.pid(), libc::SIGTERM) };
-        if daemon.wait(Duration::from_secs(10)).is_err() {
-            eprintln!("bench: containerd did not stop on SIGTERM; killed");
-        }
-        // Shims started by this daemon carry its socket address.
-        let sock = self.socket.to_string_lossy().into_owned();
-        for p in proc::pids() {
-            let cl = proc::cmdline(p);
-            if cl.contains("containerd-shim") && cl.contains(&sock) {
-                // SAFETY: a shim of the daemon we started.
-                unsafe { libc::kill(p, libc::SIGKILL) };
-            }
-        }
-        for h in proc::cgroup_hierarchies() {
-            let base = h.join(&self.cgroup_parent);
-            if base.is_dir() {
-                kill_and_remove_cgroup(&base);
-            }
-        }
-        for m in mounts_below(&self.dir).into_iter().rev() {
-            if let Ok(c) = std::ffi::CString::new(m.to_string_lossy().as_bytes()) {
-                // SAFETY: detaching a mount below our own temp dir.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
-        remove_tree_if_unmounted(&self.dir);
-        if !self.run_dir_existed {
-            // Only empty directories go.
-            for d in ["s", ""] {
-                let _ = std::fs::remove_dir(Path::new(RUN_DIR).join(d));
-            }
-        }
-    }
-}
-
-impl Drop for ContainerdCri {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// The last `n` lines of `text`.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 async fn connect(
@@ -803,20 +500,6 @@ async fn settle() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 }
 
-/// (Pss, Rss) in KiB from /proc/PID/smaps_rollup.
-fn rollup(pid: i32) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let field = |key: &str| -> Option<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
-    Some((field("Pss:")?, field("Rss:")?))
-}
-
 /// Sequential start/teardown, alternating the runtimes; iteration 0 is a
 /// warm-up.
 async fn sequential(targets: &[Target], figs: &mut [Figures], n: usize) -> Result<()> {
@@ -1043,7 +726,7 @@ fn main() -> Result<()> {
     let ipam_ctrd = tempdir("ipam-ctrd-")?;
     let mut berth = CriDaemon::start(Options {
         netns: Some(berth_ns.path()),
-        conflist: Some(conflist(ipam_berth.path())),
+        conflist: Some(conflist("berth-bench-cri", ipam_berth.path())),
         berth: Some(args.berth.clone()),
         quiet: true,
         state_tmpfs: true,
@@ -1055,7 +738,7 @@ fn main() -> Result<()> {
             &args.berth,
             &local,
             &pause_ref,
-            &conflist(ipam_ctrd.path()),
+            &conflist("berth-bench-cri", ipam_ctrd.path()),
         )?),
         None => None,
     };
@@ -1148,7 +831,7 @@ async fn setup(
                     socket: ctrd.socket.display().to_string(),
                 },
                 image: busybox.into(),
-                log_dir: ctrd.dir.join("logs"),
+                log_dir: ctrd.dir().join("logs"),
                 cgroup_parent: format!("/{}", ctrd.cgroup_parent),
             };
             if t.ready().await.unwrap_or(false) {
@@ -1165,15 +848,4 @@ async fn setup(
     c.pull(busybox).await?;
     c.pull(pause).await?;
     Ok(vec![b, c])
-}
-
-fn mount_tmpfs(at: &Path) -> Result<()> {
-    nix::mount::mount(
-        Some("tmpfs"),
-        at,
-        Some("tmpfs"),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-        Some("mode=0711"),
-    )
-    .with_context(|| format!("mounting a tmpfs on {}", at.display()))
 }

@@ -119,3 +119,15 @@ pub fn cgroup_parent(qos: QosClass, uid: &str, driver: CgroupDriver) -> String {
         }
     }
 }
+
+/// `parent` below the node's cgroup root `root` (`/` or empty: the
+/// hierarchy's root); a path for cgroupfs, where upstream's `--cgroup-root`
+/// is a path too.
+pub fn under_root(root: &str, parent: String) -> String {
+    let root = root.trim_end_matches('/');
+    if root.is_empty() {
+        parent
+    } else {
+        format!("{root}{parent}")
+    }
+}

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use thiserror::Error;
 
 use super::dns::{self, DnsError};
-use super::qos::{self, CgroupDriver, QosClass};
+use super::qos::{self, QosClass};
 use super::resources::ResourcesError;
 use super::{NodeContext, PodContext};
 
@@ -169,13 +169,13 @@ fn linux_config(
             .flat_map(|s| s.supplemental_groups.iter().flatten()),
     );
     LinuxPodSandboxConfig {
+        // systemd places slices itself: the root is a cgroupfs path.
         cgroup_parent: match node.cgroup_driver {
-            CgroupDriver::Cgroupfs if !node.cgroup_root.trim_matches('/').is_empty() => format!(
-                "/{}{}",
-                node.cgroup_root.trim_matches('/'),
-                qos::cgroup_parent(qos, id.uid, node.cgroup_driver)
+            qos::CgroupDriver::Cgroupfs => qos::under_root(
+                &node.cgroup_root,
+                qos::cgroup_parent(qos, id.uid, node.cgroup_driver),
             ),
-            _ => qos::cgroup_parent(qos, id.uid, node.cgroup_driver),
+            qos::CgroupDriver::Systemd => qos::cgroup_parent(qos, id.uid, node.cgroup_driver),
         },
         security_context: Some(LinuxSandboxSecurityContext {
             namespace_options: Some(namespace_options(spec)),

@@ -190,6 +190,15 @@ fn cgroup_parents(#[case] qos: QosClass, #[case] driver: CgroupDriver, #[case] w
 }
 
 #[rstest]
+#[case("", "/kubepods/podx")]
+#[case("/", "/kubepods/podx")]
+#[case("/berth-node", "/berth-node/kubepods/podx")]
+#[case("/berth/node/", "/berth/node/kubepods/podx")]
+fn cgroup_parents_under_the_root(#[case] root: &str, #[case] want: &str) {
+    assert_eq!(under_root(root, "/kubepods/podx".to_owned()), want);
+}
+
+#[rstest]
 #[case(0, 2)]
 #[case(1, 2)]
 #[case(2, 2)]

@@ -372,3 +372,20 @@ fn start_failures_wait_with_upstream_reasons() {
         assert_eq!(e.waiting_reason(), reason, "{e}");
     }
 }
+
+#[test]
+fn resyncs_fall_on_one_grid_for_all_workers() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    let period = Duration::from_secs(5);
+    let wait = super::worker::until_resync(period);
+    assert!(wait > Duration::ZERO && wait <= period, "{wait:?}");
+    let at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap() + wait;
+    // Where the wait ends: on a multiple of the period, give or take the
+    // time this test took.
+    let off = at.as_millis() % period.as_millis();
+    assert!(
+        off < 100 || off > period.as_millis() - 100,
+        "{off} ms off the grid"
+    );
+}

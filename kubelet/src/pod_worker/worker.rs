@@ -1106,6 +1106,19 @@ impl WorkerHandle {
     }
 }
 
+/// The time to the next multiple of `resync` on the wall clock. Every
+/// worker resyncs on the same grid, so their list calls overlap and share
+/// requests ([`crate::cri_client`]); each on its own phase, a node with
+/// hundreds of pods would list all the time.
+pub(super) fn until_resync(resync: Duration) -> Duration {
+    let period = resync.as_nanos().max(1);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let left = period - now % period;
+    Duration::from_nanos(u64::try_from(left).unwrap_or(u64::MAX))
+}
+
 /// Starts the worker of `pod`: syncs it now, on pokes and every `resync`,
 /// until told to terminate.
 pub fn spawn(pod: Pod, shared: Arc<Shared>) -> WorkerHandle {
@@ -1129,7 +1142,7 @@ pub fn spawn(pod: Pod, shared: Arc<Shared>) -> WorkerHandle {
             tokio::select! {
                 _ = stopped.changed() => {}
                 () = poked.notified() => {}
-                () = tokio::time::sleep(resync) => {}
+                () = tokio::time::sleep(until_resync(resync)) => {}
                 Some(r) = reported.recv() => {
                     // A killed container is restarted at the next sync, and
                     // a started sidecar lets the next init container start;
