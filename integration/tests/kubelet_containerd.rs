@@ -100,7 +100,16 @@ fn static_pods_on_containerd() -> Result<()> {
     let manifests = work.path().join("manifests");
     std::fs::create_dir_all(&manifests)?;
     let log = work.path().join("node.log");
-    let mut node = Node::start(&manifests, &ctrd.socket, work.path(), &log)?;
+    // The pods' cgroups under the test's root, where berth-oci (containerd's
+    // runc here) also takes the kubelet's cgroup parents to be.
+    let cgroup_root = format!("/{}", ctrd.cgroup_root().context("no cgroup root")?);
+    let mut node = Node::start_with(
+        &manifests,
+        &ctrd.socket,
+        work.path(),
+        &log,
+        &["--cgroup-root", &cgroup_root],
+    )?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
