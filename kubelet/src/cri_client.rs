@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::v1;
@@ -154,6 +155,14 @@ pub struct CriClient {
     path: PathBuf,
     request_timeout: Duration,
     pull_timeout: Option<Duration>,
+    observer: Option<Arc<dyn OperationObserver>>,
+}
+
+/// Told of every finished CRI call, for the kubelet's runtime operation
+/// metrics.
+pub trait OperationObserver: Send + Sync {
+    /// `rpc` (its CRI name, `RunPodSandbox`) took `elapsed` and failed or not.
+    fn observe(&self, rpc: &'static str, elapsed: Duration, ok: bool);
 }
 
 impl std::fmt::Debug for CriClient {
@@ -176,7 +185,7 @@ fn request<T>(msg: T, deadline: Option<Duration>) -> tonic::Request<T> {
     r
 }
 
-async fn unary<T>(
+async fn call_unary<T>(
     rpc: &'static str,
     deadline: Option<Duration>,
     call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -232,6 +241,7 @@ impl CriClient {
             path,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             pull_timeout: None,
+            observer: None,
         };
         let v = client.version().await?;
         if v.runtime_api_version != CRI_API_VERSION {
@@ -242,6 +252,26 @@ impl CriClient {
             });
         }
         Ok(client)
+    }
+
+    /// Reports every call from now on to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn OperationObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    async fn unary<T>(
+        &self,
+        rpc: &'static str,
+        deadline: Option<Duration>,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, CriClientError> {
+        let start = std::time::Instant::now();
+        let r = call_unary(rpc, deadline, call).await;
+        if let Some(o) = &self.observer {
+            o.observe(rpc, start.elapsed(), r.is_ok());
+        }
+        r
     }
 
     /// The deadline of every call without one of its own.
@@ -273,7 +303,7 @@ impl CriClient {
         let msg = v1::VersionRequest {
             version: CRI_API_VERSION.into(),
         };
-        unary("Version", d, c.version(request(msg, d))).await
+        self.unary("Version", d, c.version(request(msg, d))).await
     }
 
     pub async fn status(
@@ -282,12 +312,13 @@ impl CriClient {
     ) -> Result<Verbose<v1::RuntimeStatus>, CriClientError> {
         let d = self.deadline();
         let mut c = self.runtime.clone();
-        let r = unary(
-            "Status",
-            d,
-            c.status(request(v1::StatusRequest { verbose }, d)),
-        )
-        .await?;
+        let r = self
+            .unary(
+                "Status",
+                d,
+                c.status(request(v1::StatusRequest { verbose }, d)),
+            )
+            .await?;
         Ok(Verbose {
             status: r.status.ok_or(CriClientError::MissingField {
                 rpc: "Status",
@@ -312,7 +343,9 @@ impl CriClient {
             config: Some(config),
             runtime_handler: runtime_handler.into(),
         };
-        let r = unary("RunPodSandbox", d, c.run_pod_sandbox(request(msg, d))).await?;
+        let r = self
+            .unary("RunPodSandbox", d, c.run_pod_sandbox(request(msg, d)))
+            .await?;
         Ok(r.pod_sandbox_id)
     }
 
@@ -322,7 +355,8 @@ impl CriClient {
         let msg = v1::StopPodSandboxRequest {
             pod_sandbox_id: pod_sandbox_id.into(),
         };
-        unary("StopPodSandbox", d, c.stop_pod_sandbox(request(msg, d))).await?;
+        self.unary("StopPodSandbox", d, c.stop_pod_sandbox(request(msg, d)))
+            .await?;
         Ok(())
     }
 
@@ -332,7 +366,8 @@ impl CriClient {
         let msg = v1::RemovePodSandboxRequest {
             pod_sandbox_id: pod_sandbox_id.into(),
         };
-        unary("RemovePodSandbox", d, c.remove_pod_sandbox(request(msg, d))).await?;
+        self.unary("RemovePodSandbox", d, c.remove_pod_sandbox(request(msg, d)))
+            .await?;
         Ok(())
     }
 
@@ -347,7 +382,9 @@ impl CriClient {
             pod_sandbox_id: pod_sandbox_id.into(),
             verbose,
         };
-        let r = unary("PodSandboxStatus", d, c.pod_sandbox_status(request(msg, d))).await?;
+        let r = self
+            .unary("PodSandboxStatus", d, c.pod_sandbox_status(request(msg, d)))
+            .await?;
         Ok(Verbose {
             status: r.status.ok_or(CriClientError::MissingField {
                 rpc: "PodSandboxStatus",
@@ -364,7 +401,9 @@ impl CriClient {
         let d = self.deadline();
         let mut c = self.runtime.clone();
         let msg = v1::ListPodSandboxRequest { filter };
-        let r = unary("ListPodSandbox", d, c.list_pod_sandbox(request(msg, d))).await?;
+        let r = self
+            .unary("ListPodSandbox", d, c.list_pod_sandbox(request(msg, d)))
+            .await?;
         Ok(r.items)
     }
 
@@ -385,7 +424,9 @@ impl CriClient {
             config: Some(config),
             sandbox_config: Some(sandbox_config),
         };
-        let r = unary("CreateContainer", d, c.create_container(request(msg, d))).await?;
+        let r = self
+            .unary("CreateContainer", d, c.create_container(request(msg, d)))
+            .await?;
         Ok(r.container_id)
     }
 
@@ -395,7 +436,8 @@ impl CriClient {
         let msg = v1::StartContainerRequest {
             container_id: container_id.into(),
         };
-        unary("StartContainer", d, c.start_container(request(msg, d))).await?;
+        self.unary("StartContainer", d, c.start_container(request(msg, d)))
+            .await?;
         Ok(())
     }
 
@@ -411,7 +453,8 @@ impl CriClient {
             container_id: container_id.into(),
             timeout: timeout_seconds,
         };
-        unary("StopContainer", d, c.stop_container(request(msg, d))).await?;
+        self.unary("StopContainer", d, c.stop_container(request(msg, d)))
+            .await?;
         Ok(())
     }
 
@@ -421,7 +464,8 @@ impl CriClient {
         let msg = v1::RemoveContainerRequest {
             container_id: container_id.into(),
         };
-        unary("RemoveContainer", d, c.remove_container(request(msg, d))).await?;
+        self.unary("RemoveContainer", d, c.remove_container(request(msg, d)))
+            .await?;
         Ok(())
     }
 
@@ -432,7 +476,9 @@ impl CriClient {
         let d = self.deadline();
         let mut c = self.runtime.clone();
         let msg = v1::ListContainersRequest { filter };
-        let r = unary("ListContainers", d, c.list_containers(request(msg, d))).await?;
+        let r = self
+            .unary("ListContainers", d, c.list_containers(request(msg, d)))
+            .await?;
         Ok(r.containers)
     }
 
@@ -447,7 +493,9 @@ impl CriClient {
             container_id: container_id.into(),
             verbose,
         };
-        let r = unary("ContainerStatus", d, c.container_status(request(msg, d))).await?;
+        let r = self
+            .unary("ContainerStatus", d, c.container_status(request(msg, d)))
+            .await?;
         Ok(Verbose {
             status: r.status.ok_or(CriClientError::MissingField {
                 rpc: "ContainerStatus",
@@ -473,7 +521,8 @@ impl CriClient {
             cmd,
             timeout: timeout_seconds,
         };
-        unary("ExecSync", d, c.exec_sync(request(msg, d))).await
+        self.unary("ExecSync", d, c.exec_sync(request(msg, d)))
+            .await
     }
 
     pub async fn update_container_resources(
@@ -488,7 +537,7 @@ impl CriClient {
             linux: Some(linux),
             ..Default::default()
         };
-        unary(
+        self.unary(
             "UpdateContainerResources",
             d,
             c.update_container_resources(request(msg, d)),
@@ -503,7 +552,7 @@ impl CriClient {
         let msg = v1::ReopenContainerLogRequest {
             container_id: container_id.into(),
         };
-        unary(
+        self.unary(
             "ReopenContainerLog",
             d,
             c.reopen_container_log(request(msg, d)),
@@ -521,7 +570,9 @@ impl CriClient {
         let msg = v1::ContainerStatsRequest {
             container_id: container_id.into(),
         };
-        let r = unary("ContainerStats", d, c.container_stats(request(msg, d))).await?;
+        let r = self
+            .unary("ContainerStats", d, c.container_stats(request(msg, d)))
+            .await?;
         r.stats.ok_or(CriClientError::MissingField {
             rpc: "ContainerStats",
             field: "stats",
@@ -535,12 +586,13 @@ impl CriClient {
         let d = self.deadline();
         let mut c = self.runtime.clone();
         let msg = v1::ListContainerStatsRequest { filter };
-        let r = unary(
-            "ListContainerStats",
-            d,
-            c.list_container_stats(request(msg, d)),
-        )
-        .await?;
+        let r = self
+            .unary(
+                "ListContainerStats",
+                d,
+                c.list_container_stats(request(msg, d)),
+            )
+            .await?;
         Ok(r.stats)
     }
 
@@ -551,12 +603,13 @@ impl CriClient {
         let d = self.deadline();
         let mut c = self.runtime.clone();
         // No grpc-timeout here: the runtime would end the stream at it.
-        let stream = unary(
-            RPC,
-            d,
-            c.get_container_events(tonic::Request::new(v1::GetEventsRequest {})),
-        )
-        .await?;
+        let stream = self
+            .unary(
+                RPC,
+                d,
+                c.get_container_events(tonic::Request::new(v1::GetEventsRequest {})),
+            )
+            .await?;
         Ok(Box::pin(stream.map(|item| {
             item.map_err(|s| CriClientError::from_status(RPC, s))
         })))
@@ -567,13 +620,16 @@ impl CriClient {
     pub async fn exec(&self, req: v1::ExecRequest) -> Result<String, CriClientError> {
         let d = self.deadline();
         let mut c = self.runtime.clone();
-        Ok(unary("Exec", d, c.exec(request(req, d))).await?.url)
+        Ok(self.unary("Exec", d, c.exec(request(req, d))).await?.url)
     }
 
     pub async fn attach(&self, req: v1::AttachRequest) -> Result<String, CriClientError> {
         let d = self.deadline();
         let mut c = self.runtime.clone();
-        Ok(unary("Attach", d, c.attach(request(req, d))).await?.url)
+        Ok(self
+            .unary("Attach", d, c.attach(request(req, d)))
+            .await?
+            .url)
     }
 
     pub async fn port_forward(
@@ -587,7 +643,8 @@ impl CriClient {
             pod_sandbox_id: pod_sandbox_id.into(),
             port: ports,
         };
-        Ok(unary("PortForward", d, c.port_forward(request(msg, d)))
+        Ok(self
+            .unary("PortForward", d, c.port_forward(request(msg, d)))
             .await?
             .url)
     }
@@ -606,7 +663,9 @@ impl CriClient {
             image: Some(image),
             verbose,
         };
-        let r = unary("ImageStatus", d, c.image_status(request(msg, d))).await?;
+        let r = self
+            .unary("ImageStatus", d, c.image_status(request(msg, d)))
+            .await?;
         Ok(Verbose {
             status: r.image,
             info: r.info,
@@ -628,7 +687,8 @@ impl CriClient {
             auth,
             sandbox_config,
         };
-        Ok(unary("PullImage", d, c.pull_image(request(msg, d)))
+        Ok(self
+            .unary("PullImage", d, c.pull_image(request(msg, d)))
             .await?
             .image_ref)
     }
@@ -640,7 +700,8 @@ impl CriClient {
         let d = self.deadline();
         let mut c = self.images.clone();
         let msg = v1::ListImagesRequest { filter };
-        Ok(unary("ListImages", d, c.list_images(request(msg, d)))
+        Ok(self
+            .unary("ListImages", d, c.list_images(request(msg, d)))
             .await?
             .images)
     }
@@ -649,14 +710,15 @@ impl CriClient {
         let d = self.deadline();
         let mut c = self.images.clone();
         let msg = v1::RemoveImageRequest { image: Some(image) };
-        unary("RemoveImage", d, c.remove_image(request(msg, d))).await?;
+        self.unary("RemoveImage", d, c.remove_image(request(msg, d)))
+            .await?;
         Ok(())
     }
 
     pub async fn image_fs_info(&self) -> Result<v1::ImageFsInfoResponse, CriClientError> {
         let d = self.deadline();
         let mut c = self.images.clone();
-        unary(
+        self.unary(
             "ImageFsInfo",
             d,
             c.image_fs_info(request(v1::ImageFsInfoRequest {}, d)),

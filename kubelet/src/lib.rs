@@ -25,6 +25,7 @@ pub mod cri_config;
 pub mod manifest;
 pub mod pod_worker;
 pub mod probe;
+pub mod server;
 pub mod source;
 pub mod static_pod;
 pub mod status;
