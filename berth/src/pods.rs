@@ -589,7 +589,10 @@ async fn exec(args: ExecArgs) -> Result<i32> {
                 break;
             }
         }
-        let _ = sink.close().await;
+        // No close frame when there is nothing more to send: the server
+        // would end the session before the command's output is in. The
+        // session ends from the server's side, after the exit status.
+        std::future::pending::<()>().await;
     });
     let _raw = if tty { Some(RawMode::enter()?) } else { None };
     if tty {

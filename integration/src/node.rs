@@ -18,7 +18,28 @@ use crate::runtime::berth_binary;
 pub const NODE: &str = "testnode";
 
 /// A running `berth node`; killed on drop if the test did not stop it.
-pub struct Node(pub Child);
+pub struct Node(pub Child, pub Ports);
+
+/// The node's kubelet API ports (on 127.0.0.1), picked free for each node
+/// so that tests running at once do not collide on upstream's 10250/10248.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub api: u16,
+    pub healthz: u16,
+}
+
+impl Ports {
+    /// Two ports free now; another process taking one before the node binds
+    /// it would only fail that node's start.
+    pub fn pick() -> Result<Ports> {
+        let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+        Ok(Ports {
+            api: a.local_addr()?.port(),
+            healthz: b.local_addr()?.port(),
+        })
+    }
+}
 
 impl Node {
     /// `berth node` on `manifests`, talking to the runtime at `socket`, with
@@ -26,6 +47,7 @@ impl Node {
     pub fn start(manifests: &Path, socket: &Path, work: &Path, log: &Path) -> Result<Node> {
         // Appended to: a test may start the node again on the same log.
         let out = File::options().create(true).append(true).open(log)?;
+        let ports = Ports::pick()?;
         let child = Command::new(berth_binary()?)
             .arg("node")
             .arg("--manifests")
@@ -37,12 +59,16 @@ impl Node {
             .arg("--pod-log-dir")
             .arg(work.join("logs"))
             .args(["--node-name", NODE, "--resync-seconds", "1"])
+            .args(["--address", "127.0.0.1", "--port"])
+            .arg(ports.api.to_string())
+            .arg("--healthz-port")
+            .arg(ports.healthz.to_string())
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
             .context("starting berth node")?;
-        Ok(Node(child))
+        Ok(Node(child, ports))
     }
 }
 
@@ -100,4 +126,56 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
+}
+
+/// The kubelet root of a node started on `work`: its self-signed
+/// certificate is `pki/kubelet.crt` there.
+pub fn root(work: &Path) -> std::path::PathBuf {
+    work.join("root")
+}
+
+/// A client of a node's kubelet API, trusting the node's own certificate.
+pub struct Api {
+    port: u16,
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl Api {
+    /// The API of the node started on `work`, once its certificate exists.
+    pub fn new(node: &Node, work: &Path) -> Result<Api> {
+        let crt = root(work).join("pki").join("kubelet.crt");
+        let config = berth_kubelet::server::tls::client_config(&crt)?;
+        Ok(Api {
+            port: node.1.api,
+            tls: tokio_rustls::TlsConnector::from(config),
+        })
+    }
+
+    /// A response to GET `path`, its body still to read, the server's name
+    /// checked as `server_name` (one of the certificate's names).
+    pub async fn get_as(
+        &self,
+        server_name: &str,
+        path: &str,
+    ) -> Result<http::Response<hyper::body::Incoming>> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())?;
+        let tls = self.tls.connect(name, tcp).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header(http::header::HOST, format!("127.0.0.1:{}", self.port))
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
+        Ok(sender.send_request(req).await?)
+    }
+
+    /// GET `path`: the status and the whole body as text.
+    pub async fn get(&self, path: &str) -> Result<(http::StatusCode, String)> {
+        use http_body_util::BodyExt;
+        let resp = self.get_as("127.0.0.1", path).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
 }
