@@ -45,6 +45,17 @@ impl Node {
     /// `berth node` on `manifests`, talking to the runtime at `socket`, with
     /// its root and pod logs under `work` and its output in `log`.
     pub fn start(manifests: &Path, socket: &Path, work: &Path, log: &Path) -> Result<Node> {
+        Self::start_with(manifests, socket, work, log, &[])
+    }
+
+    /// [`Node::start`] with more `berth node` arguments.
+    pub fn start_with(
+        manifests: &Path,
+        socket: &Path,
+        work: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> Result<Node> {
         // Appended to: a test may start the node again on the same log.
         let out = File::options().create(true).append(true).open(log)?;
         let ports = Ports::pick()?;
@@ -63,6 +74,7 @@ impl Node {
             .arg(ports.api.to_string())
             .arg("--healthz-port")
             .arg(ports.healthz.to_string())
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -148,6 +160,26 @@ impl Api {
         Ok(Api {
             port: node.1.api,
             tls: tokio_rustls::TlsConnector::from(config),
+        })
+    }
+
+    /// The same, presenting a client certificate (PEM) and its key.
+    pub fn with_client_cert(node: &Node, work: &Path, cert: &str, key: &str) -> Result<Api> {
+        let crt = root(work).join("pki").join("kubelet.crt");
+        let roots = berth_kubelet::server::tls::root_store("CA", &crt)?;
+        use rustls::pki_types::pem::PemObject;
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())?;
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+        Ok(Api {
+            port: node.1.api,
+            tls: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
         })
     }
 

@@ -326,6 +326,28 @@ fn kubelet_api_and_cli() -> Result<()> {
     )?;
     ensure!(out.status.code() == Some(3), "berth exec exit 3: {out:?}");
     ensure!(out.stderr == b"oops\n", "berth exec stderr: {out:?}");
+    let mut child = Command::new(berth_binary()?)
+        .args([
+            "exec",
+            "--kubelet",
+            &format!("https://127.0.0.1:{port}"),
+            "--root",
+        ])
+        .arg(root(work.path()))
+        .args(["-i", &name, "--", "sh", "-c", "cat; echo done"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(b"hello\nworld\n")?;
+    }
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success() && out.stdout == b"hello\nworld\ndone\n",
+        "berth exec -i: {out:?}"
+    );
     let out = berth(port, work.path(), &["exec", "nope", "--", "true"])?;
     ensure!(
         out.status.code() == Some(1)
@@ -349,6 +371,78 @@ fn kubelet_api_and_cli() -> Result<()> {
         text.starts_with("NAMESPACE ") && text.contains(&format!("default     {name}")),
         "berth pods -A: {text}"
     );
+    drop(node);
+    Ok(())
+}
+
+/// A CA and a client certificate it signed (PEM: CA certificate, client
+/// certificate, client key).
+fn client_ca() -> Result<(String, String, String)> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "test-client-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut client = CertificateParams::new(Vec::<String>::new())?;
+    client.distinguished_name.push(DnType::CommonName, "admin");
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = client.signed_by(&key, &ca_cert, &ca_key)?;
+    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
+}
+
+/// With `--client-ca-file`, a client without a certificate gets 401 and one
+/// with a certificate the CA signed gets in; the health port stays open.
+#[test]
+fn client_certificates_are_required_with_a_client_ca() -> Result<()> {
+    let d = CriDaemon::start(Options {
+        config: Some(String::new()),
+        ..Default::default()
+    })?;
+    let work = tempdir("node-")?;
+    let manifests = work.path().join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    let log = work.path().join("node.log");
+    let (ca, cert, key) = client_ca()?;
+    let ca_file = work.path().join("client-ca.crt");
+    std::fs::write(&ca_file, ca)?;
+    let ca_arg = ca_file.to_string_lossy().into_owned();
+    let node = Node::start_with(
+        &manifests,
+        &d.socket(),
+        work.path(),
+        &log,
+        &["--client-ca-file", &ca_arg],
+    )?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let crt = root(work.path()).join("pki").join("kubelet.crt");
+        wait_for("the API", Duration::from_secs(30), &log, || async {
+            Ok(crt.exists() && std::net::TcpStream::connect(("127.0.0.1", node.1.api)).is_ok())
+        })
+        .await?;
+        let anonymous = Api::new(&node, work.path())?;
+        let (st, body) = anonymous.get("/pods").await?;
+        ensure!(st == 401, "anonymous /pods: {st} {body}");
+        let admin = Api::with_client_cert(&node, work.path(), &cert, &key)?;
+        let (st, body) = admin.get("/pods").await?;
+        ensure!(
+            st == 200 && body.contains("PodList"),
+            "/pods with a client certificate: {st} {body}"
+        );
+        let out = berth(node.1.api, work.path(), &["pods"])?;
+        ensure!(
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("401"),
+            "berth pods without a certificate: {out:?}"
+        );
+        Ok::<_, anyhow::Error>(())
+    })?;
     drop(node);
     Ok(())
 }
