@@ -183,6 +183,21 @@ impl Api {
         })
     }
 
+    /// A TLS connection to the API, the server verified as `server_name`.
+    pub async fn connect(
+        &self,
+        server_name: &str,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())?;
+        Ok(self.tls.connect(name, tcp).await?)
+    }
+
+    /// The API's address, `127.0.0.1:PORT`.
+    pub fn authority(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// A response to GET `path`, its body still to read, the server's name
     /// checked as `server_name` (one of the certificate's names).
     pub async fn get_as(
@@ -190,9 +205,7 @@ impl Api {
         server_name: &str,
         path: &str,
     ) -> Result<http::Response<hyper::body::Incoming>> {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
-        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())?;
-        let tls = self.tls.connect(name, tcp).await?;
+        let tls = self.connect(server_name).await?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
         tokio::spawn(conn);

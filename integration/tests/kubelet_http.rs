@@ -4,8 +4,8 @@
 //!
 //! Checked: /healthz on both ports; /pods lists the pod; /containerLogs
 //! whole, tailed, and followed (a line printed later arrives); unknown pods
-//! and containers are 404 with a message; /metrics and /metrics/cadvisor
-//! parse and name the pod; /stats/summary has the pod and its container;
+//! and containers are 404 with a message; /portForward reaches a listener
+//! in the pod; /metrics and /metrics/cadvisor parse and name the pod; /stats/summary has the pod and its container;
 //! `berth exec` prints the command's output and exits with its code;
 //! `berth logs` and `berth pods` print the pod; a client trusting
 //! `kubelet.crt` verifies the certificate under each of its names.
@@ -25,7 +25,7 @@ use berth_kubelet::cri_client::CriClient;
 use berth_proto::v1;
 use http_body_util::BodyExt;
 
-fn pod(image: &str) -> String {
+fn pod(image: &str, port: u16) -> String {
     format!(
         r#"apiVersion: v1
 kind: Pod
@@ -39,6 +39,10 @@ spec:
     image: {image}
     imagePullPolicy: IfNotPresent
     command: ["sh", "-c", "echo first; echo second; echo third; while true; do if [ -f /tmp/go ]; then echo later; rm /tmp/go; fi; sleep 0.2; done"]
+  - name: listener
+    image: {image}
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "while true; do echo pong | nc -l -p {port}; done"]
 "#
     )
 }
@@ -87,7 +91,12 @@ fn kubelet_api_and_cli() -> Result<()> {
     let manifests = work.path().join("manifests");
     std::fs::create_dir_all(&manifests)?;
     let log = work.path().join("node.log");
-    std::fs::write(manifests.join("web.yaml"), pod(&image))?;
+    // Free now; taken by another process before the pod listens, only the
+    // port-forward check would fail.
+    let pf_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    std::fs::write(manifests.join("web.yaml"), pod(&image, pf_port))?;
     let node = Node::start(&manifests, &d.socket(), work.path(), &log)?;
     let name = format!("web-{NODE}");
     let port = node.1.api;
@@ -240,7 +249,7 @@ fn kubelet_api_and_cli() -> Result<()> {
         let value = |series: &str| m.iter().find(|(s, _)| s == series).map(|(_, v)| *v);
         ensure!(value("kubelet_running_pods") == Some(1.0), "{text}");
         ensure!(
-            value("kubelet_running_containers{container_state=\"running\"}") == Some(1.0),
+            value("kubelet_running_containers{container_state=\"running\"}") == Some(2.0),
             "{text}"
         );
         ensure!(
@@ -276,6 +285,64 @@ fn kubelet_api_and_cli() -> Result<()> {
                 "{metric} of {name}/main missing:\n{text}"
             );
         }
+
+        // Port forwarding over the WebSocket channel protocol: the port on
+        // the first message of channels 0 (data) and 1 (error), then the
+        // listener's greeting.
+        let mut pf = None;
+        for _ in 0..50 {
+            let url = format!(
+                "wss://{}/portForward/default/{name}?port={pf_port}",
+                api.authority()
+            );
+            let mut req =
+                tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                    url.as_str(),
+                )?;
+            req.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                http::HeaderValue::from_static("v4.channel.k8s.io"),
+            );
+            let (mut ws, resp) =
+                tokio_tungstenite::client_async(req, api.connect("127.0.0.1").await?).await?;
+            ensure!(
+                resp.headers()
+                    .get("Sec-WebSocket-Protocol")
+                    .is_some_and(|v| v == "v4.channel.k8s.io"),
+                "portForward protocol: {resp:?}"
+            );
+            let mut data = Vec::new();
+            let mut errors = Vec::new();
+            use futures::StreamExt;
+            while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                let m = m?;
+                if let tokio_tungstenite::tungstenite::Message::Binary(b) = m {
+                    match b.first() {
+                        Some(0) => data.extend_from_slice(&b[1..]),
+                        Some(1) => errors.extend_from_slice(&b[1..]),
+                        _ => {}
+                    }
+                }
+                if data.ends_with(b"pong\n") {
+                    break;
+                }
+            }
+            let prefix = pf_port.to_le_bytes();
+            ensure!(
+                data.starts_with(&prefix) && errors.starts_with(&prefix),
+                "port prefixes: {data:?} {errors:?}"
+            );
+            if data[2..] == *b"pong\n" {
+                pf = Some(());
+                break;
+            }
+            // The listener may not be up yet: the error channel says so.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        ensure!(
+            pf.is_some(),
+            "no pong through portForward to port {pf_port}"
+        );
 
         let (st, body) = api.get("/stats/summary").await?;
         ensure!(st == 200, "/stats/summary: {st} {body}");
