@@ -288,6 +288,8 @@ async fn serve_tls(
                     continue;
                 }
             },
+            // Finished connections are reaped as they end.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             _ = stopped.changed() => break,
         };
         let acceptor = acceptor.clone();
@@ -335,6 +337,7 @@ async fn serve_plain(listener: TcpListener, router: Router, mut stopped: watch::
                     continue;
                 }
             },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             _ = stopped.changed() => break,
         };
         let router = router.clone();
@@ -535,7 +538,8 @@ async fn container_logs(
     ));
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     if opts.follow && !exited.load(Ordering::Acquire) {
-        // Ends the follow once the container has exited (or is gone).
+        // Ends the follow once the container has exited (or is gone) or
+        // the client has left.
         let cri = api.cri.clone();
         let id = c.id.clone();
         let flag = exited.clone();
@@ -544,7 +548,12 @@ async fn container_logs(
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = gone.closed() => return,
+                    // The reader waits for new output without sending
+                    // anything, so it would not notice on its own.
+                    _ = gone.closed() => {
+                        flag.store(true, Ordering::Release);
+                        return;
+                    }
                 }
                 let done = match cri.container_status(&id, false).await {
                     Ok(s) => s.status.state == v1::ContainerState::ContainerExited as i32,

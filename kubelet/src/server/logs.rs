@@ -14,7 +14,6 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -310,7 +309,8 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// Sends the log at `path` as `opts` asks through `send` (which returns
 /// false once the client has left). With `follow`, keeps reading new
 /// output — reopening the file when it is rotated — until `exited` is set
-/// and the file is drained. Blocking: runs on a thread of its own.
+/// (the container exited, or the client left) and the file is drained.
+/// Blocking: runs on a thread of its own.
 pub fn stream_log(
     path: &Path,
     opts: &LogOptions,
@@ -406,6 +406,3 @@ fn read_to_end_lines(reader: &mut BufReader<File>, buf: &mut Vec<u8>) -> std::io
         }
     }
 }
-
-/// Set once the followed container has exited.
-pub type ExitFlag = Arc<AtomicBool>;
