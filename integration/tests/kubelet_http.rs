@@ -359,6 +359,16 @@ fn kubelet_api_and_cli() -> Result<()> {
             .and_then(|a| a.iter().find(|p| p["podRef"]["name"] == name.as_str()))
             .with_context(|| format!("{name} not in the summary: {body}"))?;
         ensure!(p["podRef"]["namespace"] == "default", "{body}");
+        ensure!(
+            p["memory"]["workingSetBytes"].is_u64(),
+            "pod memory: {body}"
+        );
+        ensure!(
+            p["process_stats"]["process_count"]
+                .as_u64()
+                .is_some_and(|n| n >= 2),
+            "pod processes: {body}"
+        );
         let main = p["containers"]
             .as_array()
             .and_then(|a| a.iter().find(|c| c["name"] == "main"))

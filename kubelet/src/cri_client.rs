@@ -579,6 +579,23 @@ impl CriClient {
         })
     }
 
+    pub async fn list_pod_sandbox_stats(
+        &self,
+        filter: Option<v1::PodSandboxStatsFilter>,
+    ) -> Result<Vec<v1::PodSandboxStats>, CriClientError> {
+        let d = self.deadline();
+        let mut c = self.runtime.clone();
+        let msg = v1::ListPodSandboxStatsRequest { filter };
+        let r = self
+            .unary(
+                "ListPodSandboxStats",
+                d,
+                c.list_pod_sandbox_stats(request(msg, d)),
+            )
+            .await?;
+        Ok(r.stats)
+    }
+
     pub async fn list_container_stats(
         &self,
         filter: Option<v1::ContainerStatsFilter>,

@@ -660,9 +660,14 @@ fn pod_index(pods: &[Arc<Pod>]) -> BTreeMap<String, (String, String, Option<Stri
 }
 
 async fn summary(State(api): State<Api>) -> Result<Response, ApiError> {
-    let samples = stats::gather(&api.cri)
-        .await
-        .map_err(|stats::StatsError::Runtime(e)| ApiError::Runtime(e))?;
+    let (samples, sandboxes) =
+        tokio::join!(stats::gather(&api.cri), stats::gather_sandboxes(&api.cri));
+    let samples = samples.map_err(|stats::StatsError::Runtime(e)| ApiError::Runtime(e))?;
+    // Runtimes without ListPodSandboxStats: the containers' sums stand in.
+    let sandboxes = sandboxes.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "no pod sandbox stats");
+        Vec::new()
+    });
     let mut log_usage = stats::LogUsage::new();
     for c in samples.iter().filter(|c| c.state == "running") {
         if let Ok(s) = api.cri.container_status(&c.id, false).await
@@ -676,6 +681,7 @@ async fn summary(State(api): State<Api>) -> Result<Response, ApiError> {
         &api.node_name,
         node,
         &pod_index(&api.pods.list()),
+        &sandboxes,
         &samples,
         &log_usage,
     );

@@ -1,5 +1,6 @@
 //! `/stats/summary`: the Summary API (`stats/v1alpha1`) of the node and its
-//! pods, from the runtime's container stats (CRI ListContainerStats) and,
+//! pods, from the runtime's stats (CRI ListPodSandboxStats for the pods'
+//! cgroups and networks, ListContainerStats for the containers) and,
 //! for the node, `/proc` and the filesystem of the kubelet's root.
 //!
 //! Gathering ([`gather`]) talks to the runtime; assembling ([`summary`]) is
@@ -56,6 +57,96 @@ pub struct ContainerSample {
     pub rootfs_inodes_used: Option<u64>,
 }
 
+/// One network interface's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InterfaceStats {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rx_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rx_errors: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_errors: Option<u64>,
+}
+
+/// A pod sandbox's own stats (CRI ListPodSandboxStats): the pod's cgroup
+/// and network namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SandboxSample {
+    pub pod_uid: String,
+    /// When the stats were taken, nanoseconds since the epoch.
+    pub sampled_at: i64,
+    pub cpu_core_nanos: Option<u64>,
+    pub cpu_nano_cores: Option<u64>,
+    pub memory: Option<MemorySample>,
+    /// The default interface first, then the others.
+    pub interfaces: Vec<InterfaceStats>,
+    pub process_count: Option<u64>,
+}
+
+fn interface(i: &v1::NetworkInterfaceUsage) -> InterfaceStats {
+    InterfaceStats {
+        name: i.name.clone(),
+        rx_bytes: value(&i.rx_bytes),
+        rx_errors: value(&i.rx_errors),
+        tx_bytes: value(&i.tx_bytes),
+        tx_errors: value(&i.tx_errors),
+    }
+}
+
+/// The runtime's sandbox stats, by the pod UID of their metadata.
+pub fn sandbox_samples(stats: &[v1::PodSandboxStats]) -> Vec<SandboxSample> {
+    stats
+        .iter()
+        .filter_map(|s| {
+            let uid = s.attributes.as_ref()?.metadata.as_ref()?.uid.clone();
+            let linux = s.linux.as_ref();
+            let cpu = linux.and_then(|l| l.cpu.as_ref());
+            let mem = linux.and_then(|l| l.memory.as_ref());
+            let net = linux.and_then(|l| l.network.as_ref());
+            let mut interfaces: Vec<InterfaceStats> = net
+                .and_then(|n| n.default_interface.as_ref())
+                .map(interface)
+                .into_iter()
+                .collect();
+            for i in net.map(|n| n.interfaces.as_slice()).unwrap_or_default() {
+                if !interfaces.iter().any(|x| x.name == i.name) {
+                    interfaces.push(interface(i));
+                }
+            }
+            Some(SandboxSample {
+                pod_uid: uid,
+                sampled_at: cpu
+                    .map(|c| c.timestamp)
+                    .or(mem.map(|m| m.timestamp))
+                    .or(net.map(|n| n.timestamp))
+                    .unwrap_or(0),
+                cpu_core_nanos: cpu.and_then(|c| value(&c.usage_core_nano_seconds)),
+                cpu_nano_cores: cpu.and_then(|c| value(&c.usage_nano_cores)),
+                memory: mem.map(memory_sample),
+                interfaces,
+                process_count: linux
+                    .and_then(|l| l.process.as_ref())
+                    .and_then(|p| value(&p.process_count)),
+            })
+        })
+        .collect()
+}
+
+fn memory_sample(m: &v1::MemoryUsage) -> MemorySample {
+    MemorySample {
+        working_set: value(&m.working_set_bytes),
+        available: value(&m.available_bytes),
+        usage: value(&m.usage_bytes),
+        rss: value(&m.rss_bytes),
+        page_faults: value(&m.page_faults),
+        major_page_faults: value(&m.major_page_faults),
+    }
+}
+
 fn state_name(s: i32) -> &'static str {
     match v1::ContainerState::try_from(s) {
         Ok(v1::ContainerState::ContainerCreated) => "created",
@@ -108,14 +199,7 @@ pub fn samples(containers: &[v1::Container], stats: &[v1::ContainerStats]) -> Ve
                     .unwrap_or(0),
                 cpu_core_nanos: cpu.and_then(|c| value(&c.usage_core_nano_seconds)),
                 cpu_nano_cores: cpu.and_then(|c| value(&c.usage_nano_cores)),
-                memory: mem.map(|m| MemorySample {
-                    working_set: value(&m.working_set_bytes),
-                    available: value(&m.available_bytes),
-                    usage: value(&m.usage_bytes),
-                    rss: value(&m.rss_bytes),
-                    page_faults: value(&m.page_faults),
-                    major_page_faults: value(&m.major_page_faults),
-                }),
+                memory: mem.map(memory_sample),
                 rootfs_used: fs.and_then(|f| value(&f.used_bytes)),
                 rootfs_inodes_used: fs.and_then(|f| value(&f.inodes_used)),
             }
@@ -128,6 +212,11 @@ pub async fn gather(cri: &CriClient) -> Result<Vec<ContainerSample>, StatsError>
     let (containers, stats) =
         tokio::join!(cri.list_containers(None), cri.list_container_stats(None));
     Ok(samples(&containers?, &stats?))
+}
+
+/// The runtime's pod sandboxes' stats, now.
+pub async fn gather_sandboxes(cri: &CriClient) -> Result<Vec<SandboxSample>, StatsError> {
+    Ok(sandbox_samples(&cri.list_pod_sandbox_stats(None).await?))
 }
 
 // The Summary API's JSON (k8s.io/kubelet/pkg/apis/stats/v1alpha1).
@@ -218,8 +307,28 @@ pub struct PodStats {
     pub cpu: Option<CpuStats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkStats>,
     #[serde(rename = "ephemeral-storage", skip_serializing_if = "Option::is_none")]
     pub ephemeral_storage: Option<FsStats>,
+    // Upstream's one snake_case field.
+    #[serde(rename = "process_stats", skip_serializing_if = "Option::is_none")]
+    pub process_stats: Option<ProcessStats>,
+}
+
+/// The pod's network: its default interface's counters inline, as
+/// upstream's `NetworkStats`, and every interface.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct NetworkStats {
+    pub time: String,
+    #[serde(flatten)]
+    pub default: InterfaceStats,
+    pub interfaces: Vec<InterfaceStats>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ProcessStats {
+    pub process_count: u64,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -289,11 +398,14 @@ pub type LogUsage = HashMap<String, u64>;
 
 /// The Summary of `node_name`: the node, then every pod of `pods` (UID →
 /// (namespace, name, start time)) with its running containers' stats — the
-/// newest attempt of each container name, as upstream lists them.
+/// newest attempt of each container name, as upstream lists them. The pod's
+/// CPU and memory are its sandbox's (the pod cgroup) when the runtime
+/// reports them, else the sum of its containers'.
 pub fn summary(
     node_name: &str,
     node: NodeSample,
     pods: &BTreeMap<String, (String, String, Option<String>)>,
+    sandboxes: &[SandboxSample],
     containers: &[ContainerSample],
     logs: &LogUsage,
 ) -> Summary {
@@ -338,6 +450,36 @@ pub fn summary(
                     }),
                 })
                 .collect();
+            let sandbox = sandboxes.iter().find(|s| s.pod_uid == *uid);
+            let sandbox_cpu = sandbox
+                .filter(|s| s.cpu_core_nanos.is_some() || s.cpu_nano_cores.is_some())
+                .map(|s| CpuStats {
+                    time: rfc3339(s.sampled_at),
+                    usage_nano_cores: s.cpu_nano_cores,
+                    usage_core_nano_seconds: s.cpu_core_nanos,
+                });
+            let sandbox_memory = sandbox.and_then(|s| {
+                s.memory.as_ref().map(|m| MemoryStats {
+                    time: rfc3339(s.sampled_at),
+                    available_bytes: m.available,
+                    usage_bytes: m.usage,
+                    working_set_bytes: m.working_set,
+                    rss_bytes: m.rss,
+                    page_faults: m.page_faults,
+                    major_page_faults: m.major_page_faults,
+                })
+            });
+            let network = sandbox.and_then(|s| {
+                let default = s.interfaces.first()?.clone();
+                Some(NetworkStats {
+                    time: rfc3339(s.sampled_at),
+                    default,
+                    interfaces: s.interfaces.clone(),
+                })
+            });
+            let process_stats = sandbox
+                .and_then(|s| s.process_count)
+                .map(|process_count| ProcessStats { process_count });
             let cpu = containers
                 .iter()
                 .any(|c| c.cpu.is_some())
@@ -368,13 +510,15 @@ pub fn summary(
                 },
                 start_time: start.clone(),
                 containers,
-                cpu,
-                memory,
+                cpu: sandbox_cpu.or(cpu),
+                memory: sandbox_memory.or(memory),
+                network,
                 ephemeral_storage: used.map(|u| FsStats {
                     time: rfc3339(sampled),
                     used_bytes: Some(u),
                     ..FsStats::default()
                 }),
+                process_stats,
             }
         })
         .collect();

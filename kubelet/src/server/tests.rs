@@ -7,7 +7,9 @@ use rstest::rstest;
 
 use super::logs::{self, Assembler, LogError, LogOptions, Renderer, parse_line};
 use super::metrics::{KubeletMetrics, operation_type, render_cadvisor};
-use super::stats::{self, ContainerSample, LogUsage, MemorySample, NodeSample};
+use super::stats::{
+    self, ContainerSample, InterfaceStats, LogUsage, MemorySample, NodeSample, SandboxSample,
+};
 use super::stream::{StreamOptions, query_ports, target};
 use super::{pod_list, query_pairs, tls};
 use crate::cri_client::OperationObserver;
@@ -345,7 +347,14 @@ fn summary_has_each_pod_with_its_newest_containers_and_sums() {
         sample("z", "main", 1, 1, 1),
     ];
     let logs = LogUsage::from([("a-main-2".to_owned(), 7u64)]);
-    let s = stats::summary("node1", NodeSample::default(), &pods, &containers, &logs);
+    let s = stats::summary(
+        "node1",
+        NodeSample::default(),
+        &pods,
+        &[],
+        &containers,
+        &logs,
+    );
     let v = serde_json::to_value(&s).unwrap();
     assert_eq!(v["node"]["nodeName"], "node1");
     assert_eq!(v["pods"].as_array().unwrap().len(), 2);
@@ -486,4 +495,95 @@ fn given_certificates_are_used_and_bad_ones_named() {
     std::fs::write(&k, "junk").unwrap();
     let e = tls::server_config(&s).unwrap_err().to_string();
     assert!(e.contains("k.pem") && e.contains("private key"), "{e}");
+}
+
+#[test]
+fn a_pods_sandbox_stats_give_its_cpu_memory_network_and_processes() {
+    let pods = BTreeMap::from([("uid-a".to_owned(), ("ns".to_owned(), "a".to_owned(), None))]);
+    let eth0 = InterfaceStats {
+        name: "eth0".into(),
+        rx_bytes: Some(100),
+        tx_bytes: Some(200),
+        ..InterfaceStats::default()
+    };
+    let sandbox = SandboxSample {
+        pod_uid: "uid-a".into(),
+        sampled_at: 1_700_000_000_000_000_000,
+        cpu_core_nanos: Some(9000),
+        cpu_nano_cores: Some(5),
+        memory: Some(MemorySample {
+            working_set: Some(123),
+            ..MemorySample::default()
+        }),
+        interfaces: vec![
+            eth0,
+            InterfaceStats {
+                name: "net1".into(),
+                ..InterfaceStats::default()
+            },
+        ],
+        process_count: Some(4),
+    };
+    let containers = [sample("a", "main", 1, 100, 1000)];
+    let s = stats::summary(
+        "n",
+        NodeSample::default(),
+        &pods,
+        &[sandbox],
+        &containers,
+        &LogUsage::new(),
+    );
+    let a = &serde_json::to_value(&s).unwrap()["pods"][0];
+    assert_eq!(a["cpu"]["usageCoreNanoSeconds"], 9000);
+    assert_eq!(a["cpu"]["usageNanoCores"], 5);
+    assert_eq!(a["memory"]["workingSetBytes"], 123);
+    assert_eq!(a["network"]["name"], "eth0");
+    assert_eq!(a["network"]["rxBytes"], 100);
+    assert_eq!(a["network"]["txBytes"], 200);
+    assert_eq!(a["network"]["interfaces"][1]["name"], "net1");
+    assert_eq!(a["process_stats"]["process_count"], 4);
+    // The container's own numbers stay the container's.
+    assert_eq!(a["containers"][0]["cpu"]["usageCoreNanoSeconds"], 100);
+}
+
+#[test]
+fn sandbox_stats_are_read_by_pod_uid() {
+    use berth_proto::v1;
+    let st = v1::PodSandboxStats {
+        attributes: Some(v1::PodSandboxAttributes {
+            id: "sb".into(),
+            metadata: Some(v1::PodSandboxMetadata {
+                uid: "uid-a".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        linux: Some(v1::LinuxPodSandboxStats {
+            network: Some(v1::NetworkUsage {
+                timestamp: 7,
+                default_interface: Some(v1::NetworkInterfaceUsage {
+                    name: "eth0".into(),
+                    rx_bytes: Some(v1::UInt64Value { value: 1 }),
+                    ..Default::default()
+                }),
+                interfaces: vec![v1::NetworkInterfaceUsage {
+                    name: "eth0".into(),
+                    ..Default::default()
+                }],
+            }),
+            process: Some(v1::ProcessUsage {
+                timestamp: 7,
+                process_count: Some(v1::UInt64Value { value: 3 }),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let got = stats::sandbox_samples(&[st, v1::PodSandboxStats::default()]);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].pod_uid, "uid-a");
+    assert_eq!(got[0].sampled_at, 7);
+    assert_eq!(got[0].interfaces.len(), 1);
+    assert_eq!(got[0].interfaces[0].rx_bytes, Some(1));
+    assert_eq!(got[0].process_count, Some(3));
 }
