@@ -5,7 +5,7 @@
 //! Checked: /healthz on both ports; /pods lists the pod; /containerLogs
 //! whole, tailed, and followed (a line printed later arrives); unknown pods
 //! and containers are 404 with a message; /portForward reaches a listener
-//! in the pod; /metrics and /metrics/cadvisor parse and name the pod; /stats/summary has the pod and its container;
+//! in the pod; /attach gets the container's new output; /metrics and /metrics/cadvisor parse and name the pod; /stats/summary has the pod and its container;
 //! `berth exec` prints the command's output and exits with its code;
 //! `berth logs` and `berth pods` print the pod; a client trusting
 //! `kubelet.crt` verifies the certificate under each of its names.
@@ -343,6 +343,48 @@ fn kubelet_api_and_cli() -> Result<()> {
             pf.is_some(),
             "no pong through portForward to port {pf_port}"
         );
+
+        // Attach: the main container's output from now on, on channel 1.
+        let url = format!(
+            "wss://{}/attach/default/{name}/main?output=1&error=1",
+            api.authority()
+        );
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                url.as_str(),
+            )?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            http::HeaderValue::from_static("v5.channel.k8s.io"),
+        );
+        let (mut ws, _) =
+            tokio_tungstenite::client_async(req, api.connect("127.0.0.1").await?).await?;
+        let out = berth(
+            port,
+            work.path(),
+            &["exec", &name, "--", "touch", "/tmp/go"],
+        )?;
+        ensure!(out.status.success(), "exec touch: {out:?}");
+        let mut attached = Vec::new();
+        {
+            use futures::StreamExt;
+            while !attached.ends_with(b"later\n") {
+                match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                    Ok(Some(m)) => {
+                        if let tokio_tungstenite::tungstenite::Message::Binary(b) = m? {
+                            if b.first() == Some(&1) {
+                                attached.extend_from_slice(&b[1..]);
+                            }
+                        }
+                    }
+                    _ => bail!(
+                        "attach: no later line: {:?}",
+                        String::from_utf8_lossy(&attached)
+                    ),
+                }
+            }
+        }
+        drop(ws);
 
         let (st, body) = api.get("/stats/summary").await?;
         ensure!(st == 200, "/stats/summary: {st} {body}");
