@@ -5,7 +5,9 @@
 //! Checked: /healthz on both ports; /pods lists the pod; /containerLogs
 //! whole, tailed, and followed (a line printed later arrives); unknown pods
 //! and containers are 404 with a message; /portForward reaches a listener
-//! in the pod; /attach gets the container's new output; /metrics and /metrics/cadvisor parse and name the pod; /stats/summary has the pod and its container;
+//! in the pod; /attach gets the container's new output; /metrics and
+//! /metrics/cadvisor parse and name the pod; /stats/summary has the pod
+//! (memory, processes) and its container;
 //! `berth exec` prints the command's output and exits with its code;
 //! `berth logs` and `berth pods` print the pod; a client trusting
 //! `kubelet.crt` verifies the certificate under each of its names.
@@ -371,10 +373,10 @@ fn kubelet_api_and_cli() -> Result<()> {
             while !attached.ends_with(b"later\n") {
                 match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
                     Ok(Some(m)) => {
-                        if let tokio_tungstenite::tungstenite::Message::Binary(b) = m? {
-                            if b.first() == Some(&1) {
-                                attached.extend_from_slice(&b[1..]);
-                            }
+                        if let tokio_tungstenite::tungstenite::Message::Binary(b) = m?
+                            && b.first() == Some(&1)
+                        {
+                            attached.extend_from_slice(&b[1..]);
                         }
                     }
                     _ => bail!(
