@@ -489,6 +489,12 @@ fn given_certificates_are_used_and_bad_ones_named() {
     assert!(!dir.path().join("pki").exists());
     s.client_ca_file = Some(c.clone());
     tls::server_config(&s).unwrap();
+    let half = tls::TlsSettings {
+        key_file: None,
+        ..s.clone()
+    };
+    let e = tls::server_config(&half).unwrap_err().to_string();
+    assert!(e.contains("give both or neither"), "{e}");
     s.client_ca_file = Some(dir.path().join("missing.pem"));
     let e = tls::server_config(&s).unwrap_err().to_string();
     assert!(e.contains("missing.pem"), "{e}");

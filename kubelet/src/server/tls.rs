@@ -35,6 +35,8 @@ pub enum TlsError {
         path: PathBuf,
         reason: String,
     },
+    #[error("a TLS certificate file and a private key file go together: give both or neither")]
+    HalfPair,
     #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
     #[error("making the kubelet's self-signed certificate: {0}")]
@@ -72,8 +74,10 @@ pub fn self_signed_paths(pki_dir: &Path) -> (PathBuf, PathBuf) {
 /// The serving certificate and key files: the given ones, or the
 /// self-signed pair, made now if it does not exist yet.
 pub fn serving_files(s: &TlsSettings) -> Result<(PathBuf, PathBuf), TlsError> {
-    if let (Some(c), Some(k)) = (&s.cert_file, &s.key_file) {
-        return Ok((c.clone(), k.clone()));
+    match (&s.cert_file, &s.key_file) {
+        (Some(c), Some(k)) => return Ok((c.clone(), k.clone())),
+        (Some(_), None) | (None, Some(_)) => return Err(TlsError::HalfPair),
+        (None, None) => {}
     }
     let (cert, key) = self_signed_paths(&s.pki_dir);
     if cert.exists() && key.exists() {
