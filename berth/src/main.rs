@@ -8,6 +8,7 @@ mod image;
 mod log;
 mod node;
 mod oci;
+mod pods;
 mod runtime;
 
 use std::os::fd::AsFd;
@@ -33,6 +34,12 @@ enum Command {
     Runtime(runtime::Args),
     /// The kubelet, standalone: runs the static pods of a manifest directory on a CRI runtime.
     Node(node::Args),
+    /// The node's pods, from the kubelet API (as `kubectl get pods`).
+    Pods(pods::PodsArgs),
+    /// A container's logs, from the kubelet API (as `kubectl logs`).
+    Logs(pods::LogsArgs),
+    /// Runs a command in a container, through the kubelet API (as `kubectl exec`).
+    Exec(pods::ExecArgs),
 }
 
 fn main() {
@@ -62,6 +69,9 @@ fn main() {
             Command::Cni(args) => cni::main(args),
             Command::Runtime(args) => runtime::main(args),
             Command::Node(args) => node::main(args),
+            Command::Pods(args) => pods::pods_main(args),
+            Command::Logs(args) => pods::logs_main(args),
+            Command::Exec(args) => pods::exec_main(args),
         }
     };
     std::process::exit(code);

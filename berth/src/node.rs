@@ -2,7 +2,8 @@
 //! manifest directory on a CRI runtime, adopting the pods it already runs,
 //! and on SIGTERM or SIGINT stops and removes them all and exits 0.
 
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use berth_kubelet::gc::{ContainerPolicy, GarbageCollector, ImagePolicy};
 use berth_kubelet::image_pull::PullLimiter;
 use berth_kubelet::pod_cgroup::{HostCgroups, PodCgroups};
 use berth_kubelet::pod_worker::{PodManager, Shared};
+use berth_kubelet::server::{self, Server, ServerConfig, metrics::KubeletMetrics};
 use berth_kubelet::source::{ManifestSource, SourceConfig};
 use berth_kubelet::static_pod::NodeName;
 use berth_kubelet::status::PodStatusStore;
@@ -82,6 +84,103 @@ pub struct Args {
     /// Log berth's debug messages.
     #[arg(long)]
     debug: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// The kubelet API's settings, named as upstream's flags (and its
+/// KubeletConfiguration fields, which may fill them later).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServerArgs {
+    /// The address the kubelet API listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    address: IpAddr,
+    /// The kubelet API's port (HTTPS); 0 disables it.
+    #[arg(long, default_value_t = server::DEFAULT_PORT)]
+    port: u16,
+    /// The plain-HTTP /healthz port; 0 disables it.
+    #[arg(long, default_value_t = server::DEFAULT_HEALTHZ_PORT)]
+    healthz_port: u16,
+    /// The address the /healthz port listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    healthz_bind_address: IpAddr,
+    /// The API's certificate (PEM, chain after the certificate); without it,
+    /// a self-signed one is made once and kept in `<root>/pki/kubelet.crt`.
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The key of --tls-cert-file (PEM).
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM); without it the
+    /// API is open to anyone who reaches it.
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// The server's configuration for `node` with its state under `root`.
+    pub fn config(&self, node: &str, root: &Path) -> ServerConfig {
+        let mut c = ServerConfig::new(node, root);
+        c.address = self.address;
+        c.port = self.port;
+        c.healthz_port = self.healthz_port;
+        c.healthz_address = self.healthz_bind_address;
+        c.tls.cert_file = self.tls_cert_file.clone();
+        c.tls.key_file = self.tls_private_key_file.clone();
+        c.tls.client_ca_file = self.client_ca_file.clone();
+        let mut hosts = vec![node.to_owned()];
+        if let Ok(h) = nix::unistd::gethostname() {
+            hosts.push(h.to_string_lossy().into_owned());
+        }
+        hosts.push("localhost".to_owned());
+        hosts.extend(local_addresses().iter().map(IpAddr::to_string));
+        hosts.push("127.0.0.1".to_owned());
+        let mut seen = std::collections::HashSet::new();
+        hosts.retain(|h| !h.is_empty() && seen.insert(h.clone()));
+        c.tls.hosts = hosts;
+        c
+    }
+}
+
+/// The node's addresses (IPv4 from the local routing table, IPv6 from
+/// `/proc/net/if_inet6`), for the self-signed certificate's names.
+fn local_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    // fib_trie lists each local address as "|-- ADDR" followed by "/32 host LOCAL".
+    if let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") {
+        let mut last: Option<IpAddr> = None;
+        for line in trie.lines() {
+            let t = line.trim();
+            if let Some(a) = t.strip_prefix("|-- ") {
+                last = a.parse().ok();
+            } else if t.contains("host LOCAL")
+                && let Some(a) = last
+                && !out.contains(&a)
+            {
+                out.push(a);
+            }
+        }
+    }
+    if let Ok(v6) = std::fs::read_to_string("/proc/net/if_inet6") {
+        for line in v6.lines() {
+            let Some(hex) = line.split_whitespace().next() else {
+                continue;
+            };
+            if hex.len() != 32 {
+                continue;
+            }
+            let bytes: Option<Vec<u8>> = (0..16)
+                .map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).ok())
+                .collect();
+            if let Some(b) = bytes.and_then(|b| <[u8; 16]>::try_from(b).ok()) {
+                let a = IpAddr::V6(std::net::Ipv6Addr::from(b));
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+    }
+    out
 }
 
 pub fn main(args: Args) -> i32 {
@@ -141,9 +240,11 @@ async fn run(args: Args) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
+    let metrics = KubeletMetrics::new();
     let cri = CriClient::connect(&args.runtime_endpoint, Duration::from_secs(30))
         .await
-        .with_context(|| format!("connecting to the runtime at {}", args.runtime_endpoint))?;
+        .with_context(|| format!("connecting to the runtime at {}", args.runtime_endpoint))?
+        .with_observer(Arc::new(metrics.clone()));
     let runtime_name = cri
         .version()
         .await
@@ -210,12 +311,20 @@ async fn run(args: Args) -> Result<()> {
             ..ImagePolicy::default()
         },
     )?;
+    let statuses = PodStatusStore::new();
+    let api = Server::start(
+        args.server.config(node.as_str(), &args.root),
+        cri.clone(),
+        statuses.clone(),
+        metrics,
+    )
+    .await?;
     let manager = PodManager::new(Shared {
         cri,
         volumes: VolumeManager::new(&args.root, config_dir),
         node: node_ctx,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
-        statuses: PodStatusStore::new(),
+        statuses,
         runtime_name,
         pod_cgroups,
         pulls,
@@ -229,6 +338,7 @@ async fn run(args: Args) -> Result<()> {
     };
     manager.run(source.subscribe(), shutdown).await?;
     drop(source);
+    api.shutdown().await;
     tracing::info!("all pods stopped, exiting");
     Ok(())
 }

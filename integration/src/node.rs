@@ -18,7 +18,28 @@ use crate::runtime::berth_binary;
 pub const NODE: &str = "testnode";
 
 /// A running `berth node`; killed on drop if the test did not stop it.
-pub struct Node(pub Child);
+pub struct Node(pub Child, pub Ports);
+
+/// The node's kubelet API ports (on 127.0.0.1), picked free for each node
+/// so that tests running at once do not collide on upstream's 10250/10248.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub api: u16,
+    pub healthz: u16,
+}
+
+impl Ports {
+    /// Two ports free now; another process taking one before the node binds
+    /// it would only fail that node's start.
+    pub fn pick() -> Result<Ports> {
+        let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+        Ok(Ports {
+            api: a.local_addr()?.port(),
+            healthz: b.local_addr()?.port(),
+        })
+    }
+}
 
 impl Node {
     /// `berth node` on `manifests`, talking to the runtime at `socket`, with
@@ -27,7 +48,7 @@ impl Node {
         Self::start_with(manifests, socket, work, log, &[])
     }
 
-    /// [`Node::start`] with more flags (`--gc-interval-seconds 2`...).
+    /// [`Node::start`] with more `berth node` arguments.
     pub fn start_with(
         manifests: &Path,
         socket: &Path,
@@ -37,6 +58,7 @@ impl Node {
     ) -> Result<Node> {
         // Appended to: a test may start the node again on the same log.
         let out = File::options().create(true).append(true).open(log)?;
+        let ports = Ports::pick()?;
         let child = Command::new(berth_binary()?)
             .arg("node")
             .arg("--manifests")
@@ -48,13 +70,17 @@ impl Node {
             .arg("--pod-log-dir")
             .arg(work.join("logs"))
             .args(["--node-name", NODE, "--resync-seconds", "1"])
+            .args(["--address", "127.0.0.1", "--port"])
+            .arg(ports.api.to_string())
+            .arg("--healthz-port")
+            .arg(ports.healthz.to_string())
             .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
             .context("starting berth node")?;
-        Ok(Node(child))
+        Ok(Node(child, ports))
     }
 }
 
@@ -112,4 +138,89 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
+}
+
+/// The kubelet root of a node started on `work`: its self-signed
+/// certificate is `pki/kubelet.crt` there.
+pub fn root(work: &Path) -> std::path::PathBuf {
+    work.join("root")
+}
+
+/// A client of a node's kubelet API, trusting the node's own certificate.
+pub struct Api {
+    port: u16,
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl Api {
+    /// The API of the node started on `work`, once its certificate exists.
+    pub fn new(node: &Node, work: &Path) -> Result<Api> {
+        let crt = root(work).join("pki").join("kubelet.crt");
+        let config = berth_kubelet::server::tls::client_config(&crt)?;
+        Ok(Api {
+            port: node.1.api,
+            tls: tokio_rustls::TlsConnector::from(config),
+        })
+    }
+
+    /// The same, presenting a client certificate (PEM) and its key.
+    pub fn with_client_cert(node: &Node, work: &Path, cert: &str, key: &str) -> Result<Api> {
+        let crt = root(work).join("pki").join("kubelet.crt");
+        let roots = berth_kubelet::server::tls::root_store("CA", &crt)?;
+        use rustls::pki_types::pem::PemObject;
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())?;
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+        Ok(Api {
+            port: node.1.api,
+            tls: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+        })
+    }
+
+    /// A TLS connection to the API, the server verified as `server_name`.
+    pub async fn connect(
+        &self,
+        server_name: &str,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())?;
+        Ok(self.tls.connect(name, tcp).await?)
+    }
+
+    /// The API's address, `127.0.0.1:PORT`.
+    pub fn authority(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A response to GET `path`, its body still to read, the server's name
+    /// checked as `server_name` (one of the certificate's names).
+    pub async fn get_as(
+        &self,
+        server_name: &str,
+        path: &str,
+    ) -> Result<http::Response<hyper::body::Incoming>> {
+        let tls = self.connect(server_name).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header(http::header::HOST, format!("127.0.0.1:{}", self.port))
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
+        Ok(sender.send_request(req).await?)
+    }
+
+    /// GET `path`: the status and the whole body as text.
+    pub async fn get(&self, path: &str) -> Result<(http::StatusCode, String)> {
+        use http_body_util::BodyExt;
+        let resp = self.get_as("127.0.0.1", path).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
 }

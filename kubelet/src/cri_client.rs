@@ -188,6 +188,14 @@ pub struct CriClient {
     pull_timeout: Option<Duration>,
     sandboxes: Arc<coalesce::Coalescer<v1::PodSandbox>>,
     containers: Arc<coalesce::Coalescer<v1::Container>>,
+    observer: Option<Arc<dyn OperationObserver>>,
+}
+
+/// Told of every finished CRI call, for the kubelet's runtime operation
+/// metrics.
+pub trait OperationObserver: Send + Sync {
+    /// `rpc` (its CRI name, `RunPodSandbox`) took `elapsed` and failed or not.
+    fn observe(&self, rpc: &'static str, elapsed: Duration, ok: bool);
 }
 
 impl std::fmt::Debug for CriClient {
@@ -210,7 +218,7 @@ fn request<T>(msg: T, deadline: Option<Duration>) -> tonic::Request<T> {
     r
 }
 
-async fn unary<T>(
+async fn call_unary<T>(
     rpc: &'static str,
     deadline: Option<Duration>,
     call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -274,6 +282,7 @@ impl CriClient {
             pull_timeout: None,
             sandboxes: Arc::default(),
             containers: Arc::default(),
+            observer: None,
         };
         let v = client.version().await?;
         if v.runtime_api_version != CRI_API_VERSION {
@@ -284,6 +293,26 @@ impl CriClient {
             });
         }
         Ok(client)
+    }
+
+    /// Reports every call from now on to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn OperationObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    async fn unary<T>(
+        &self,
+        rpc: &'static str,
+        deadline: Option<Duration>,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, CriClientError> {
+        let start = std::time::Instant::now();
+        let r = call_unary(rpc, deadline, call).await;
+        if let Some(o) = &self.observer {
+            o.observe(rpc, start.elapsed(), r.is_ok());
+        }
+        r
     }
 
     /// The deadline of every call without one of its own.
@@ -315,7 +344,7 @@ impl CriClient {
         let msg = v1::VersionRequest {
             version: CRI_API_VERSION.into(),
         };
-        unary("Version", d, c.version(request(msg, d))).await
+        self.unary("Version", d, c.version(request(msg, d))).await
     }
 
     pub async fn status(
@@ -324,12 +353,13 @@ impl CriClient {
     ) -> Result<Verbose<v1::RuntimeStatus>, CriClientError> {
         let d = self.deadline();
         let mut c = self.runtime.clone();
-        let r = unary(
-            "Status",
-            d,
-            c.status(request(v1::StatusRequest { verbose }, d)),
-        )
-        .await?;
+        let r = self
+            .unary(
+                "Status",
+                d,
+                c.status(request(v1::StatusRequest { verbose }, d)),
+            )
+            .await?;
         Ok(Verbose {
             status: r.status.ok_or(CriClientError::MissingField {
                 rpc: "Status",
@@ -354,7 +384,9 @@ impl CriClient {
             config: Some(config),
             runtime_handler: runtime_handler.into(),
         };
-        let r = unary("RunPodSandbox", d, c.run_pod_sandbox(request(msg, d))).await?;
+        let r = self
+            .unary("RunPodSandbox", d, c.run_pod_sandbox(request(msg, d)))
+            .await?;
         Ok(r.pod_sandbox_id)
     }
 
@@ -364,7 +396,8 @@ impl CriClient {
         let msg = v1::StopPodSandboxRequest {
             pod_sandbox_id: pod_sandbox_id.into(),
         };
-        unary("StopPodSandbox", d, c.stop_pod_sandbox(request(msg, d))).await?;
+        self.unary("StopPodSandbox", d, c.stop_pod_sandbox(request(msg, d)))
+            .await?;
         Ok(())
     }
 
@@ -374,7 +407,8 @@ impl CriClient {
         let msg = v1::RemovePodSandboxRequest {
             pod_sandbox_id: pod_sandbox_id.into(),
         };
-        unary("RemovePodSandbox", d, c.remove_pod_sandbox(request(msg, d))).await?;
+        self.unary("RemovePodSandbox", d, c.remove_pod_sandbox(request(msg, d)))
+            .await?;
         Ok(())
     }
 
@@ -389,7 +423,9 @@ impl CriClient {
             pod_sandbox_id: pod_sandbox_id.into(),
             verbose,
         };
-        let r = unary("PodSandboxStatus", d, c.pod_sandbox_status(request(msg, d))).await?;
+        let r = self
+            .unary("PodSandboxStatus", d, c.pod_sandbox_status(request(msg, d)))
+            .await?;
         Ok(Verbose {
             status: r.status.ok_or(CriClientError::MissingField {
                 rpc: "PodSandboxStatus",
@@ -431,7 +467,9 @@ impl CriClient {
         let d = self.deadline();
         let mut c = self.runtime.clone();
         let msg = v1::ListPodSandboxRequest { filter };
-        let r = unary("ListPodSandbox", d, c.list_pod_sandbox(request(msg, d))).await?;
+        let r = self
+            .unary("ListPodSandbox", d, c.list_pod_sandbox(request(msg, d)))
+            .await?;
         Ok(r.items)
     }
 
@@ -452,7 +490,9 @@ impl CriClient {
             config: Some(config),
             sandbox_config: Some(sandbox_config),
         };
-        let r = unary("CreateContainer", d, c.create_container(request(msg, d))).await?;
+        let r = self
+            .unary("CreateContainer", d, c.create_container(request(msg, d)))
+            .await?;
         Ok(r.container_id)
     }
 
@@ -462,7 +502,8 @@ impl CriClient {
         let msg = v1::StartContainerRequest {
             container_id: container_id.into(),
         };
-        unary("StartContainer", d, c.start_container(request(msg, d))).await?;
+        self.unary("StartContainer", d, c.start_container(request(msg, d)))
+            .await?;
         Ok(())
     }
 
@@ -478,7 +519,8 @@ impl CriClient {
             container_id: container_id.into(),
             timeout: timeout_seconds,
         };
-        unary("StopContainer", d, c.stop_container(request(msg, d))).await?;
+        self.unary("StopContainer", d, c.stop_container(request(msg, d)))
+            .await?;
         Ok(())
     }
 
@@ -488,7 +530,8 @@ impl CriClient {
         let msg = v1::RemoveContainerRequest {
             container_id: container_id.into(),
         };
-        unary("RemoveContainer", d, c.remove_container(request(msg, d))).await?;
+        self.unary("RemoveContainer", d, c.remove_container(request(msg, d)))
+            .await?;
         Ok(())
     }
 
@@ -526,7 +569,9 @@ impl CriClient {
         let d = self.deadline();
         let mut c = self.runtime.clone();
         let msg = v1::ListContainersRequest { filter };
-        let r = unary("ListContainers", d, c.list_containers(request(msg, d))).await?;
+        let r = self
+            .unary("ListContainers", d, c.list_containers(request(msg, d)))
+            .await?;
         Ok(r.containers)
     }
 
@@ -541,7 +586,9 @@ impl CriClient {
             container_id: container_id.into(),
             verbose,
         };
-        let r = unary("ContainerStatus", d, c.container_status(request(msg, d))).await?;
+        let r = self
+            .unary("ContainerStatus", d, c.container_status(request(msg, d)))
+            .await?;
         Ok(Verbose {
             status: r.status.ok_or(CriClientError::MissingField {
                 rpc: "ContainerStatus",
@@ -567,7 +614,8 @@ impl CriClient {
             cmd,
             timeout: timeout_seconds,
         };
-        unary("ExecSync", d, c.exec_sync(request(msg, d))).await
+        self.unary("ExecSync", d, c.exec_sync(request(msg, d)))
+            .await
     }
 
     pub async fn update_container_resources(
@@ -582,7 +630,7 @@ impl CriClient {
             linux: Some(linux),
             ..Default::default()
         };
-        unary(
+        self.unary(
             "UpdateContainerResources",
             d,
             c.update_container_resources(request(msg, d)),
@@ -597,7 +645,7 @@ impl CriClient {
         let msg = v1::ReopenContainerLogRequest {
             container_id: container_id.into(),
         };
-        unary(
+        self.unary(
             "ReopenContainerLog",
             d,
             c.reopen_container_log(request(msg, d)),
@@ -615,11 +663,30 @@ impl CriClient {
         let msg = v1::ContainerStatsRequest {
             container_id: container_id.into(),
         };
-        let r = unary("ContainerStats", d, c.container_stats(request(msg, d))).await?;
+        let r = self
+            .unary("ContainerStats", d, c.container_stats(request(msg, d)))
+            .await?;
         r.stats.ok_or(CriClientError::MissingField {
             rpc: "ContainerStats",
             field: "stats",
         })
+    }
+
+    pub async fn list_pod_sandbox_stats(
+        &self,
+        filter: Option<v1::PodSandboxStatsFilter>,
+    ) -> Result<Vec<v1::PodSandboxStats>, CriClientError> {
+        let d = self.deadline();
+        let mut c = self.runtime.clone();
+        let msg = v1::ListPodSandboxStatsRequest { filter };
+        let r = self
+            .unary(
+                "ListPodSandboxStats",
+                d,
+                c.list_pod_sandbox_stats(request(msg, d)),
+            )
+            .await?;
+        Ok(r.stats)
     }
 
     pub async fn list_container_stats(
@@ -629,12 +696,13 @@ impl CriClient {
         let d = self.deadline();
         let mut c = self.runtime.clone();
         let msg = v1::ListContainerStatsRequest { filter };
-        let r = unary(
-            "ListContainerStats",
-            d,
-            c.list_container_stats(request(msg, d)),
-        )
-        .await?;
+        let r = self
+            .unary(
+                "ListContainerStats",
+                d,
+                c.list_container_stats(request(msg, d)),
+            )
+            .await?;
         Ok(r.stats)
     }
 
@@ -645,12 +713,13 @@ impl CriClient {
         let d = self.deadline();
         let mut c = self.runtime.clone();
         // No grpc-timeout here: the runtime would end the stream at it.
-        let stream = unary(
-            RPC,
-            d,
-            c.get_container_events(tonic::Request::new(v1::GetEventsRequest {})),
-        )
-        .await?;
+        let stream = self
+            .unary(
+                RPC,
+                d,
+                c.get_container_events(tonic::Request::new(v1::GetEventsRequest {})),
+            )
+            .await?;
         Ok(Box::pin(stream.map(|item| {
             item.map_err(|s| CriClientError::from_status(RPC, s))
         })))
@@ -661,13 +730,16 @@ impl CriClient {
     pub async fn exec(&self, req: v1::ExecRequest) -> Result<String, CriClientError> {
         let d = self.deadline();
         let mut c = self.runtime.clone();
-        Ok(unary("Exec", d, c.exec(request(req, d))).await?.url)
+        Ok(self.unary("Exec", d, c.exec(request(req, d))).await?.url)
     }
 
     pub async fn attach(&self, req: v1::AttachRequest) -> Result<String, CriClientError> {
         let d = self.deadline();
         let mut c = self.runtime.clone();
-        Ok(unary("Attach", d, c.attach(request(req, d))).await?.url)
+        Ok(self
+            .unary("Attach", d, c.attach(request(req, d)))
+            .await?
+            .url)
     }
 
     pub async fn port_forward(
@@ -681,7 +753,8 @@ impl CriClient {
             pod_sandbox_id: pod_sandbox_id.into(),
             port: ports,
         };
-        Ok(unary("PortForward", d, c.port_forward(request(msg, d)))
+        Ok(self
+            .unary("PortForward", d, c.port_forward(request(msg, d)))
             .await?
             .url)
     }
@@ -700,7 +773,9 @@ impl CriClient {
             image: Some(image),
             verbose,
         };
-        let r = unary("ImageStatus", d, c.image_status(request(msg, d))).await?;
+        let r = self
+            .unary("ImageStatus", d, c.image_status(request(msg, d)))
+            .await?;
         Ok(Verbose {
             status: r.image,
             info: r.info,
@@ -722,7 +797,8 @@ impl CriClient {
             auth,
             sandbox_config,
         };
-        Ok(unary("PullImage", d, c.pull_image(request(msg, d)))
+        Ok(self
+            .unary("PullImage", d, c.pull_image(request(msg, d)))
             .await?
             .image_ref)
     }
@@ -734,7 +810,8 @@ impl CriClient {
         let d = self.deadline();
         let mut c = self.images.clone();
         let msg = v1::ListImagesRequest { filter };
-        Ok(unary("ListImages", d, c.list_images(request(msg, d)))
+        Ok(self
+            .unary("ListImages", d, c.list_images(request(msg, d)))
             .await?
             .images)
     }
@@ -743,14 +820,15 @@ impl CriClient {
         let d = self.deadline();
         let mut c = self.images.clone();
         let msg = v1::RemoveImageRequest { image: Some(image) };
-        unary("RemoveImage", d, c.remove_image(request(msg, d))).await?;
+        self.unary("RemoveImage", d, c.remove_image(request(msg, d)))
+            .await?;
         Ok(())
     }
 
     pub async fn image_fs_info(&self) -> Result<v1::ImageFsInfoResponse, CriClientError> {
         let d = self.deadline();
         let mut c = self.images.clone();
-        unary(
+        self.unary(
             "ImageFsInfo",
             d,
             c.image_fs_info(request(v1::ImageFsInfoRequest {}, d)),

@@ -36,6 +36,7 @@ pub mod manifest;
 pub mod pod_cgroup;
 pub mod pod_worker;
 pub mod probe;
+pub mod server;
 pub mod source;
 pub mod static_pod;
 pub mod status;

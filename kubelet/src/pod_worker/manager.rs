@@ -130,6 +130,9 @@ impl PodManager {
                 w.terminate();
                 self.leaving.push(w);
             }
+            // As upstream's pod manager: a pod gone from the config is gone
+            // from the API at once, while it is still being stopped.
+            self.shared.statuses.remove(&uid);
         }
         for (uid, pod) in desired {
             if !self.workers.contains_key(uid) {
@@ -138,6 +141,10 @@ impl PodManager {
                     uid = %uid,
                     "starting the pod's worker"
                 );
+                // Listed by the API from now on; its worker fills in the status.
+                if self.shared.statuses.get_uid(uid).is_none() {
+                    self.shared.statuses.set(pod.clone());
+                }
                 self.workers
                     .insert(uid.to_owned(), spawn(pod.clone(), self.shared.clone()));
             }
