@@ -17,6 +17,7 @@
 //! - [`pod_worker`]: a worker per pod that syncs it as upstream's `SyncPod` (sandbox, images,
 //!   volumes, init and regular containers, restarts with back-off) and a manager that follows the
 //!   manifest source.
+//! - [`termination`]: termination message files, and the log tail for `FallbackToLogsOnError`.
 //! - [`status`]: each pod's status (phase, conditions, container statuses) as upstream computes it,
 //!   kept for the HTTP API and `berth pods`.
 //! - [`probe`]: liveness, readiness and startup probes and lifecycle hook actions (exec, tcpSocket,
@@ -40,5 +41,6 @@ pub mod server;
 pub mod source;
 pub mod static_pod;
 pub mod status;
+pub mod termination;
 pub mod validation;
 pub mod volume;

@@ -53,7 +53,10 @@ pub fn message_path(container: &Container) -> Option<&str> {
 /// Makes the message file of a new instance of `container` in `pod_dir`
 /// and returns its mount, or `None` when the container has no message path.
 /// The file is world-writable: the container's user may be anyone.
-pub fn prepare(pod_dir: &Path, container: &Container) -> Result<Option<v1::Mount>, TerminationError> {
+pub fn prepare(
+    pod_dir: &Path,
+    container: &Container,
+) -> Result<Option<v1::Mount>, TerminationError> {
     let Some(container_path) = message_path(container) else {
         return Ok(None);
     };
@@ -151,7 +154,10 @@ mod tests {
         let b = prepare(dir.path(), &c).unwrap().unwrap();
         assert_eq!(a.container_path, DEFAULT_PATH);
         assert_ne!(a.host_path, b.host_path);
-        assert!(a.host_path.starts_with(&dir.path().join("containers/web").display().to_string()));
+        assert!(
+            a.host_path
+                .starts_with(&dir.path().join("containers/web").display().to_string())
+        );
         let mode = fs::metadata(&a.host_path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o666);
         let none = container("{name: web, image: x, terminationMessagePath: ''}");
@@ -179,11 +185,15 @@ mod tests {
         )
         .unwrap();
         let file_policy = container("{name: web, image: x}");
-        let fallback = container("{name: web, image: x, terminationMessagePolicy: FallbackToLogsOnError}");
+        let fallback =
+            container("{name: web, image: x, terminationMessagePolicy: FallbackToLogsOnError}");
         let m = prepare(dir.path(), &file_policy).unwrap().unwrap();
         // Nothing written: no message under File, the log under the fallback.
         assert_eq!(read(&status(&m, 1, &log), Some(&file_policy)), "");
-        assert_eq!(read(&status(&m, 1, &log), Some(&fallback)), "first\npart two\n");
+        assert_eq!(
+            read(&status(&m, 1, &log), Some(&fallback)),
+            "first\npart two\n"
+        );
         // Not for a success.
         assert_eq!(read(&status(&m, 0, &log), Some(&fallback)), "");
         fs::write(&m.host_path, "disk full").unwrap();
@@ -199,7 +209,10 @@ mod tests {
         let log = dir.path().join("0.log");
         let mut text = String::new();
         for i in 0..200 {
-            text.push_str(&format!("2026-01-01T00:00:00.000000000Z stdout F line {i:03} {}\n", "y".repeat(20)));
+            text.push_str(&format!(
+                "2026-01-01T00:00:00.000000000Z stdout F line {i:03} {}\n",
+                "y".repeat(20)
+            ));
         }
         fs::write(&log, text).unwrap();
         let tail = log_tail(&log).unwrap();

@@ -31,6 +31,7 @@ use crate::pod_cgroup::{PodCgroupError, PodCgroups};
 use crate::probe::handler::{Action, Target, run as run_action};
 use crate::probe::{ContainerProbes, ProbeKind, ProbeReport};
 use crate::status::{Instance, PodStatusStore, PodView, Waiting, pod_status};
+use crate::termination::{self, TerminationError};
 use crate::volume::{PodVolumes, VolumeError, VolumeManager};
 
 /// Upstream's default `terminationGracePeriodSeconds`.
@@ -70,6 +71,11 @@ pub enum WorkerError {
     NoImage { pod: String, container: String },
     #[error("pod {pod}: {source}")]
     Cgroup { pod: String, source: PodCgroupError },
+    #[error("pod {pod}: {source}")]
+    Termination {
+        pod: String,
+        source: TerminationError,
+    },
     #[error("pod {pod}, container {container}: pulling image {image:?}: {source}")]
     ImagePull {
         pod: String,
@@ -119,6 +125,7 @@ impl WorkerError {
             | Self::Sandbox { .. }
             | Self::LogDir { .. }
             | Self::Cgroup { .. }
+            | Self::Termination { .. }
             | Self::CreateContainer { .. } => "CreateContainerError",
         }
     }
@@ -796,6 +803,14 @@ impl PodWorker {
                     pod: self.name.clone(),
                     source,
                 })?;
+        let pod_dir = self.shared.volumes.pod_dir(&self.uid);
+        let message_file = termination::prepare(&pod_dir, container).map_err(|source| {
+            WorkerError::Termination {
+                pod: self.name.clone(),
+                source,
+            }
+        })?;
+        config.mounts.extend(message_file);
         let id = cri
             .create_container(into.sandbox_id, config, into.sandbox_config.clone())
             .await
@@ -955,7 +970,16 @@ impl PodWorker {
             if !known {
                 match cri.container_status(&c.id, false).await {
                     Ok(s) => {
-                        report.details.insert(c.id.clone(), (c.state, s.status));
+                        let mut status = s.status;
+                        // An exited instance's message is final: read once.
+                        if matches!(c.state, RunState::Exited { .. }) {
+                            let message =
+                                termination::read(&status, spec_container(&self.pod, &c.name));
+                            if !message.is_empty() {
+                                status.message = message;
+                            }
+                        }
+                        report.details.insert(c.id.clone(), (c.state, status));
                     }
                     Err(e) if e.is_not_found() => continue,
                     Err(e) => return Err(e.into()),
