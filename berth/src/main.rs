@@ -13,7 +13,7 @@ mod runtime;
 
 use std::os::fd::AsFd;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "berth", version, about = "berth: a Kubernetes node stack")]
@@ -63,12 +63,14 @@ fn main() {
         // The daemon's fork server; its stdin is the daemon's socket.
         berth_runtime::forkserver::serve(std::io::stdin().as_fd(), run_forked)
     } else {
-        match Cli::parse().command {
+        let matches = Cli::command().get_matches();
+        let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        match cli.command {
             Command::Oci(args) => oci::main(*args),
             Command::Image(args) => image::main(args),
             Command::Cni(args) => cni::main(args),
             Command::Runtime(args) => runtime::main(args),
-            Command::Node(args) => node::main(args),
+            Command::Node(args) => node::main(args, matches.subcommand_matches("node")),
             Command::Pods(args) => pods::pods_main(args),
             Command::Logs(args) => pods::logs_main(args),
             Command::Exec(args) => pods::exec_main(args),

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use berth_kubelet::config::KubeletConfiguration;
 use berth_kubelet::cri_client::CriClient;
-use berth_kubelet::cri_config::{Allocatable, NodeContext};
+use berth_kubelet::cri_config::{Allocatable, CgroupDriver, NodeContext};
 use berth_kubelet::gc::{ContainerPolicy, GarbageCollector, ImagePolicy};
 use berth_kubelet::image_pull::PullLimiter;
 use berth_kubelet::pod_cgroup::{HostCgroups, PodCgroups};
@@ -22,11 +23,16 @@ use berth_kubelet::volume::{DEFAULT_ROOT, VolumeManager};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
-#[derive(Parser)]
+#[derive(Debug, Parser)]
 pub struct Args {
-    /// The directory of static pod manifests (YAML or JSON), watched for changes.
+    /// A KubeletConfiguration file (kubelet.config.k8s.io/v1beta1, YAML or
+    /// JSON); flags given on the command line win over it.
     #[arg(long)]
-    manifests: PathBuf,
+    config: Option<PathBuf>,
+    /// The directory of static pod manifests (YAML or JSON), watched for
+    /// changes; or `staticPodPath` in --config.
+    #[arg(long)]
+    manifests: Option<PathBuf>,
     /// The CRI runtime's socket.
     #[arg(long, default_value = "unix:///run/berth/berth.sock")]
     runtime_endpoint: String,
@@ -52,6 +58,24 @@ pub struct Args {
     /// when it reports one (berth's does), else `/berth`.
     #[arg(long)]
     cgroup_root: Option<String>,
+    /// The cgroup driver the runtime uses: cgroupfs or systemd (then systemd
+    /// places the pods' slices and no pod cgroups are made here).
+    #[arg(long, default_value = "cgroupfs", value_parser = ["cgroupfs", "systemd"])]
+    cgroup_driver: String,
+    /// The cluster DNS servers pods with `dnsPolicy: ClusterFirst` use; none:
+    /// they get the node's resolver, as upstream without a cluster.
+    #[arg(long, value_delimiter = ',')]
+    cluster_dns: Vec<std::net::IpAddr>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Give containers without a seccomp profile the runtime's default
+    /// (upstream's `seccompDefault`).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    seccomp_default: bool,
+    /// Unused images younger than this (seconds since first seen) are kept.
+    #[arg(long, default_value_t = 120)]
+    image_minimum_gc_age_seconds: u64,
     /// Make the QoS class and pod cgroups (upstream's `--cgroups-per-qos`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     cgroups_per_qos: bool,
@@ -183,9 +207,158 @@ fn local_addresses() -> Vec<IpAddr> {
     out
 }
 
-pub fn main(args: Args) -> i32 {
+pub fn main(mut args: Args, matches: Option<&clap::ArgMatches>) -> i32 {
     crate::daemon::init_logging(args.debug, "berth=debug,berth_kubelet=debug");
+    let on_command_line = |id: &str| {
+        matches.is_some_and(|m| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+    };
+    if let Some(path) = args.config.clone() {
+        let applied = KubeletConfiguration::load(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| apply_config(&mut args, &c, &on_command_line).map(|()| c));
+        match applied {
+            Ok(c) => {
+                let ignored = c.ignored();
+                if !ignored.is_empty() {
+                    tracing::warn!(config = %path.display(), "fields berth does not act on: {}", ignored.join(", "));
+                }
+            }
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("berth node: {e:#}");
+                return 1;
+            }
+        }
+    }
     crate::daemon::main("node", || run(args))
+}
+
+/// Fills what `config` sets into `args`, except what was given on the
+/// command line (`given`), as upstream's flags win over its config file.
+fn apply_config(
+    args: &mut Args,
+    c: &KubeletConfiguration,
+    given: &dyn Fn(&str) -> bool,
+) -> Result<()> {
+    let take = |id: &str| !given(id);
+    let ip = |field: &str, v: &str| -> Result<IpAddr> {
+        v.parse()
+            .with_context(|| format!("{field}: {v:?} is not an IP address"))
+    };
+    if let Some(v) = &c.static_pod_path
+        && take("manifests")
+    {
+        args.manifests = Some(v.clone());
+    }
+    if let Some(v) = &c.container_runtime_endpoint
+        && take("runtime_endpoint")
+    {
+        args.runtime_endpoint = v.clone();
+    }
+    if let Some(d) = c.sync_frequency()
+        && take("resync_seconds")
+    {
+        args.resync_seconds = d.as_secs().max(1);
+    }
+    if let Some(v) = &c.pod_logs_dir
+        && take("pod_log_dir")
+    {
+        args.pod_log_dir = v.clone();
+    }
+    if let Some(v) = &c.cgroup_driver
+        && take("cgroup_driver")
+    {
+        args.cgroup_driver = v.clone();
+    }
+    if let Some(v) = &c.cluster_dns
+        && take("cluster_dns")
+    {
+        args.cluster_dns = v
+            .iter()
+            .map(|s| ip("clusterDNS", s))
+            .collect::<Result<_>>()?;
+    }
+    if let Some(v) = &c.cluster_domain
+        && take("cluster_domain")
+    {
+        args.cluster_domain = v.clone();
+    }
+    if let Some(v) = c.seccomp_default
+        && take("seccomp_default")
+    {
+        args.seccomp_default = v;
+    }
+    if let Some(v) = c.serialize_image_pulls
+        && take("serialize_image_pulls")
+    {
+        args.serialize_image_pulls = v;
+    }
+    if let Some(v) = c.max_parallel_image_pulls
+        && take("max_parallel_image_pulls")
+    {
+        args.max_parallel_image_pulls = usize::try_from(v).ok();
+    }
+    if let Some(v) = c.image_gc_high_threshold_percent
+        && take("image_gc_high_threshold")
+    {
+        args.image_gc_high_threshold = u8::try_from(v).unwrap_or(100);
+    }
+    if let Some(v) = c.image_gc_low_threshold_percent
+        && take("image_gc_low_threshold")
+    {
+        args.image_gc_low_threshold = u8::try_from(v).unwrap_or(100);
+    }
+    if let Some(d) = c.image_minimum_gc_age()
+        && take("image_minimum_gc_age_seconds")
+    {
+        args.image_minimum_gc_age_seconds = d.as_secs();
+    }
+    let s = &mut args.server;
+    if let Some(v) = &c.address
+        && take("address")
+    {
+        s.address = ip("address", v)?;
+    }
+    if let Some(v) = c.port
+        && take("port")
+    {
+        s.port = v;
+    }
+    if let Some(v) = c.healthz_port
+        && take("healthz_port")
+    {
+        s.healthz_port = v;
+    }
+    if let Some(v) = &c.healthz_bind_address
+        && take("healthz_bind_address")
+    {
+        s.healthz_bind_address = ip("healthzBindAddress", v)?;
+    }
+    if let Some(v) = &c.tls_cert_file
+        && take("tls_cert_file")
+    {
+        s.tls_cert_file = Some(v.clone());
+    }
+    if let Some(v) = &c.tls_private_key_file
+        && take("tls_private_key_file")
+    {
+        s.tls_private_key_file = Some(v.clone());
+    }
+    if let Some(v) = c.client_ca_file()
+        && take("client_ca_file")
+    {
+        s.client_ca_file = Some(v.to_owned());
+    }
+    anyhow::ensure!(
+        s.tls_cert_file.is_some() == s.tls_private_key_file.is_some(),
+        "tlsCertFile and tlsPrivateKeyFile go together"
+    );
+    if c.anonymous_auth() == Some(false) && s.client_ca_file.is_none() {
+        anyhow::bail!(
+            "authentication.anonymous.enabled is false but no clientCAFile is set: berth authenticates API clients by certificate only, so nobody could use the API"
+        );
+    }
+    Ok(())
 }
 
 /// The address this host's traffic leaves from: the source the kernel picks
@@ -228,6 +401,17 @@ fn memory_capacity() -> i64 {
 }
 
 async fn run(args: Args) -> Result<()> {
+    let manifests = args
+        .manifests
+        .clone()
+        .context("no manifest directory: pass --manifests, or staticPodPath in --config")?;
+    let cgroup_driver = if args.cgroup_driver == "systemd" {
+        CgroupDriver::Systemd
+    } else {
+        CgroupDriver::Cgroupfs
+    };
+    // systemd places the pods' slices; cgroupfs pods get theirs from here.
+    let pod_cgroups_here = args.cgroups_per_qos && cgroup_driver == CgroupDriver::Cgroupfs;
     let name = match &args.node_name {
         Some(n) => n.clone(),
         None => nix::unistd::gethostname()
@@ -275,7 +459,11 @@ async fn run(args: Args) -> Result<()> {
             ephemeral_storage: 0,
         },
         pod_log_root: args.pod_log_dir.clone(),
-        cgroup_root: if args.cgroups_per_qos {
+        cgroup_driver,
+        cluster_dns: args.cluster_dns.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        seccomp_default: args.seccomp_default,
+        cgroup_root: if pod_cgroups_here {
             cgroup_root.clone()
         } else {
             String::new()
@@ -284,7 +472,7 @@ async fn run(args: Args) -> Result<()> {
         config_dir: config_dir.clone(),
         ..NodeContext::default()
     };
-    let pod_cgroups = if args.cgroups_per_qos {
+    let pod_cgroups = if pod_cgroups_here {
         let fs = HostCgroups::discover().context("finding the cgroup hierarchies")?;
         let cgroups = PodCgroups::new(Arc::new(fs), &cgroup_root);
         cgroups
@@ -295,9 +483,9 @@ async fn run(args: Args) -> Result<()> {
         None
     };
     let pulls = PullLimiter::new(args.serialize_image_pulls, args.max_parallel_image_pulls)?;
-    let source = ManifestSource::start(SourceConfig::new(&args.manifests, node.clone()))
-        .with_context(|| format!("watching {}", args.manifests.display()))?;
-    tracing::info!(node = %node.as_str(), manifests = %args.manifests.display(), "berth node running static pods");
+    let source = ManifestSource::start(SourceConfig::new(&manifests, node.clone()))
+        .with_context(|| format!("watching {}", manifests.display()))?;
+    tracing::info!(node = %node.as_str(), manifests = %manifests.display(), "berth node running static pods");
     let gc = GarbageCollector::new(
         cri.clone(),
         ContainerPolicy {
@@ -308,7 +496,7 @@ async fn run(args: Args) -> Result<()> {
         ImagePolicy {
             high_threshold_percent: args.image_gc_high_threshold,
             low_threshold_percent: args.image_gc_low_threshold,
-            ..ImagePolicy::default()
+            min_age: Duration::from_secs(args.image_minimum_gc_age_seconds),
         },
     )?;
     let statuses = PodStatusStore::new();
@@ -341,4 +529,98 @@ async fn run(args: Args) -> Result<()> {
     api.shutdown().await;
     tracing::info!("all pods stopped, exiting");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, FromArgMatches};
+
+    use super::*;
+
+    fn with_config(argv: &[&str], config: &str) -> Result<Args> {
+        let m = Args::command()
+            .try_get_matches_from(std::iter::once("node").chain(argv.iter().copied()))?;
+        let mut args = Args::from_arg_matches(&m)?;
+        let c = KubeletConfiguration::parse(Path::new("kubelet.yaml"), config)?;
+        let given = |id: &str| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        apply_config(&mut args, &c, &given)?;
+        Ok(args)
+    }
+
+    const CONFIG: &str = "apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+staticPodPath: /etc/kubernetes/manifests
+syncFrequency: 1m
+port: 11250
+healthzPort: 0
+clusterDNS: [10.96.0.10]
+clusterDomain: example.local
+cgroupDriver: systemd
+serializeImagePulls: false
+maxParallelImagePulls: 3
+imageMinimumGCAge: 5m
+authentication:
+  x509: {clientCAFile: /etc/ca.crt}
+";
+
+    #[test]
+    fn the_file_fills_what_the_flags_leave() {
+        let a = with_config(&[], CONFIG).unwrap();
+        assert_eq!(
+            a.manifests.as_deref(),
+            Some(Path::new("/etc/kubernetes/manifests"))
+        );
+        assert_eq!(a.resync_seconds, 60);
+        assert_eq!((a.server.port, a.server.healthz_port), (11250, 0));
+        assert_eq!(a.cluster_dns, ["10.96.0.10".parse::<IpAddr>().unwrap()]);
+        assert_eq!(a.cluster_domain, "example.local");
+        assert_eq!(a.cgroup_driver, "systemd");
+        assert!(!a.serialize_image_pulls);
+        assert_eq!(a.max_parallel_image_pulls, Some(3));
+        assert_eq!(a.image_minimum_gc_age_seconds, 300);
+        assert_eq!(
+            a.server.client_ca_file.as_deref(),
+            Some(Path::new("/etc/ca.crt"))
+        );
+    }
+
+    #[test]
+    fn flags_on_the_command_line_win() {
+        let a = with_config(
+            &[
+                "--manifests",
+                "/srv/pods",
+                "--port",
+                "12000",
+                "--resync-seconds",
+                "7",
+            ],
+            CONFIG,
+        )
+        .unwrap();
+        assert_eq!(a.manifests.as_deref(), Some(Path::new("/srv/pods")));
+        assert_eq!(a.server.port, 12000);
+        assert_eq!(a.resync_seconds, 7);
+        // What the flags left still comes from the file.
+        assert_eq!(a.cluster_domain, "example.local");
+    }
+
+    #[test]
+    fn an_api_nobody_could_use_is_refused() {
+        let e = with_config(
+            &[],
+            "apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+authentication: {anonymous: {enabled: false}}
+",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("clientCAFile"), "{e}");
+        let e = with_config(
+            &[],
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\naddress: here\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("address"), "{e}");
+    }
 }
