@@ -33,7 +33,7 @@ enum Command {
     /// The CRI daemon: serves the kubelet's image and runtime services on a unix socket.
     Runtime(runtime::Args),
     /// The kubelet, standalone: runs the static pods of a manifest directory on a CRI runtime.
-    Node(node::Args),
+    Node(Box<node::Args>),
     /// The node's pods, from the kubelet API (as `kubectl get pods`).
     Pods(pods::PodsArgs),
     /// A container's logs, from the kubelet API (as `kubectl logs`).
@@ -70,7 +70,7 @@ fn main() {
             Command::Image(args) => image::main(args),
             Command::Cni(args) => cni::main(args),
             Command::Runtime(args) => runtime::main(args),
-            Command::Node(args) => node::main(args, matches.subcommand_matches("node")),
+            Command::Node(args) => node::main(*args, matches.subcommand_matches("node")),
             Command::Pods(args) => pods::pods_main(args),
             Command::Logs(args) => pods::logs_main(args),
             Command::Exec(args) => pods::exec_main(args),
