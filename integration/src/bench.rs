@@ -1,11 +1,52 @@
 //! What the benchmarks (src/bin/bench_*.rs) share: the berth binary they
-//! measure and the statistics they print.
+//! measure, the registry they pull from, and the statistics they print.
 
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 
+use crate::images;
+use crate::oci::{Format, Image, ImageConfig};
+use crate::registry::Registry;
 use crate::runtime::target_dir;
+
+/// The workload image in [`registry`]: busybox.
+pub const BUSYBOX: &str = "bench/busybox:1";
+/// The sandbox image in [`registry`]: containerd needs one; a long sleep in
+/// busybox plays pause.
+pub const PAUSE: &str = "bench/pause:1";
+const PAUSE_ENTRYPOINT: [&str; 2] = ["/bin/sleep", "2147483647"];
+
+/// A registry holding [`BUSYBOX`] and [`PAUSE`].
+pub fn registry() -> Result<Registry> {
+    let registry = Registry::start()?;
+    let (repo, tag) = split(BUSYBOX);
+    registry.push(repo, tag, images::busybox()?)?;
+    let pause = Image::new(
+        Format::Oci,
+        &ImageConfig {
+            entrypoint: Some(PAUSE_ENTRYPOINT.map(String::from).to_vec()),
+            cmd: None,
+            ..images::busybox_config()
+        },
+        images::busybox()?.layers.clone(),
+    )?;
+    let (repo, tag) = split(PAUSE);
+    registry.push(repo, tag, &pause)?;
+    Ok(registry)
+}
+
+/// `repo:tag` as (repo, tag); the constants above all have a tag.
+fn split(reference: &str) -> (&str, &str) {
+    reference.rsplit_once(':').unwrap_or((reference, "latest"))
+}
+
+/// The 1, 5 and 15 minute load averages, as /proc/loadavg has them.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
 
 /// `target/release/berth`, else the debug build with a warning (it is much
 /// slower), else an error saying how to build it.

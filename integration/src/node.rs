@@ -1,18 +1,23 @@
 //! `berth node` for tests: started on a manifest dir against a CRI socket,
-//! killed if the test ends first; and the CRI queries the tests make of the
-//! pods it runs.
+//! killed if the test ends first; what every node test starts from
+//! ([`NodeTest`]); and the CRI queries the tests make of the pods it runs.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use berth_kubelet::cri_client::CriClient;
 use berth_proto::v1;
+use tempfile::TempDir;
 
+use crate::cri::{CriDaemon, Options};
+use crate::images;
+use crate::registry::Registry;
 use crate::runtime::berth_binary;
+use crate::workdir::tempdir;
 
 /// The `--node-name` the tests give, so pods are `<name>-testnode`.
 pub const NODE: &str = "testnode";
@@ -88,6 +93,149 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// What a `berth node` test starts from: a registry holding busybox as
+/// `busybox:1`, a `berth runtime` with an empty config (no CNI: the pods
+/// use the host's network), and a work dir with an empty `manifests` dir
+/// and the node's log, `node.log`. The test writes its manifests and
+/// starts the node ([`NodeTest::node`]) when it wants.
+pub struct NodeTest {
+    // Dropped in this order, as the tests declared them before: the work
+    // dir, then the daemon (with what the node left running), then the
+    // registry.
+    work: TempDir,
+    daemon: CriDaemon,
+    registry: Option<(Registry, String)>,
+    manifests: PathBuf,
+    log: PathBuf,
+}
+
+impl NodeTest {
+    /// The registry with busybox, the daemon and the work dir.
+    pub fn start() -> Result<NodeTest> {
+        let registry = Registry::start()?;
+        registry.client().push("busybox", "1", images::busybox()?)?;
+        let image = registry.reference("busybox:1");
+        Self::with_registry(Some((registry, image)))
+    }
+
+    /// The daemon and the work dir, for a test that runs no pod.
+    pub fn without_registry() -> Result<NodeTest> {
+        Self::with_registry(None)
+    }
+
+    fn with_registry(registry: Option<(Registry, String)>) -> Result<NodeTest> {
+        let daemon = CriDaemon::start(Options {
+            config: Some(String::new()),
+            ..Default::default()
+        })?;
+        let work = tempdir("node-")?;
+        let manifests = work.path().join("manifests");
+        std::fs::create_dir_all(&manifests)?;
+        let log = work.path().join("node.log");
+        Ok(NodeTest {
+            work,
+            daemon,
+            registry,
+            manifests,
+            log,
+        })
+    }
+
+    /// The registry; panics for [`NodeTest::without_registry`].
+    pub fn registry(&self) -> &Registry {
+        &self
+            .registry
+            .as_ref()
+            .expect("a NodeTest without registry")
+            .0
+    }
+
+    /// busybox's reference in the registry; panics for
+    /// [`NodeTest::without_registry`].
+    pub fn image(&self) -> &str {
+        &self
+            .registry
+            .as_ref()
+            .expect("a NodeTest without registry")
+            .1
+    }
+
+    pub fn daemon(&self) -> &CriDaemon {
+        &self.daemon
+    }
+
+    /// The work dir: the node's root is `root` in it, its pod logs `logs`.
+    pub fn work(&self) -> &Path {
+        self.work.path()
+    }
+
+    pub fn manifests(&self) -> &Path {
+        &self.manifests
+    }
+
+    /// berth node's output, appended to by every node started.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// Writes manifest `<name>.yaml`.
+    pub fn write(&self, name: &str, yaml: &str) -> Result<()> {
+        let path = self.manifests.join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Removes manifest `<name>.yaml`.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let path = self.manifests.join(format!("{name}.yaml"));
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+    }
+
+    /// `berth node` on the manifests, against the daemon.
+    pub fn node(&self) -> Result<Node> {
+        self.node_with(&[])
+    }
+
+    /// [`NodeTest::node`] with more `berth node` arguments.
+    pub fn node_with(&self, extra: &[&str]) -> Result<Node> {
+        Node::start_with(
+            &self.manifests,
+            &self.daemon.socket(),
+            self.work.path(),
+            &self.log,
+            extra,
+        )
+    }
+
+    /// The runtime the test's async part runs on.
+    pub fn runtime(&self) -> Result<tokio::runtime::Runtime> {
+        Ok(tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?)
+    }
+
+    /// A CRI client of the daemon; a call taking over 30 s fails.
+    pub async fn cri(&self) -> Result<CriClient> {
+        Ok(CriClient::connect(
+            &format!("unix://{}", self.daemon.socket().display()),
+            Duration::from_secs(10),
+        )
+        .await?
+        .with_request_timeout(Duration::from_secs(30)))
+    }
+
+    /// A client of `node`'s API, once the node has made its certificate
+    /// and listens (within 30 s).
+    pub async fn api(&self, node: &Node) -> Result<Api> {
+        let crt = root(self.work.path()).join("pki").join("kubelet.crt");
+        wait_for("the API", Duration::from_secs(30), &self.log, || async {
+            Ok(crt.exists() && std::net::TcpStream::connect(("127.0.0.1", node.1.api)).is_ok())
+        })
+        .await?;
+        Api::new(node, self.work.path())
     }
 }
 

@@ -11,12 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use berth_integration::cri::{CriDaemon, Options};
-use berth_integration::images;
-use berth_integration::node::{Node, containers, sandboxes, wait_for};
-use berth_integration::registry::Registry;
-use berth_integration::workdir::tempdir;
-use berth_kubelet::cri_client::CriClient;
+use berth_integration::node::{NodeTest, containers, sandboxes, wait_for};
 use berth_proto::v1;
 
 fn pod(name: &str, image: &str, resources: &str) -> String {
@@ -65,39 +60,20 @@ fn pods_get_qos_cgroups_that_go_with_them() -> Result<()> {
         memory_root.join("cgroup.procs").exists() && cpu_root.join("cgroup.procs").exists(),
         "this test needs the cgroup v1 cpu and memory hierarchies"
     );
-    let reg = Registry::start()?;
-    reg.client().push("busybox", "1", images::busybox()?)?;
-    let image = reg.reference("busybox:1");
-    let d = CriDaemon::start(Options {
-        config: Some(String::new()),
-        ..Default::default()
-    })?;
-    let kubepods = |root: &Path| root.join(d.cgroup_root()).join("kubepods");
-    let work = tempdir("node-")?;
-    let manifests = work.path().join("manifests");
-    std::fs::create_dir_all(&manifests)?;
-    let log = work.path().join("node.log");
-    std::fs::write(
-        manifests.join("g.yaml"),
-        pod("g", &image, "{limits: {cpu: 500m, memory: 64Mi}}"),
-    )?;
-    std::fs::write(manifests.join("e.yaml"), pod("e", &image, "{}"))?;
-    let _node = Node::start(&manifests, &d.socket(), work.path(), &log)?;
+    let t = NodeTest::start()?;
+    let (image, log) = (t.image(), t.log());
+    let kubepods = |root: &Path| root.join(t.daemon().cgroup_root()).join("kubepods");
+    t.write("g", &pod("g", image, "{limits: {cpu: 500m, memory: 64Mi}}"))?;
+    t.write("e", &pod("e", image, "{}"))?;
+    let _node = t.node()?;
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let c = CriClient::connect(
-            &format!("unix://{}", d.socket().display()),
-            Duration::from_secs(10),
-        )
-        .await?;
+    t.runtime()?.block_on(async {
+        let c = t.cri().await?;
         for name in ["g", "e"] {
             wait_for(
                 &format!("pod {name} running"),
                 Duration::from_secs(30),
-                &log,
+                log,
                 || async {
                     Ok(containers(&c, name)
                         .await?
@@ -135,11 +111,11 @@ fn pods_get_qos_cgroups_that_go_with_them() -> Result<()> {
         ensure!(read(&e_cpu.join("cpu.shares"))? == "2");
         ensure!(read(&kubepods(cpu_root).join("besteffort/cpu.shares"))? == "2");
 
-        std::fs::remove_file(manifests.join("g.yaml"))?;
+        t.remove("g")?;
         wait_for(
             "g's cgroup removed",
             Duration::from_secs(30),
-            &log,
+            log,
             || async { Ok(!g_mem.exists() && !g_cpu.exists()) },
         )
         .await?;

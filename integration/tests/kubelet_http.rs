@@ -17,13 +17,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use berth_integration::cri::{CriDaemon, Options};
-use berth_integration::images;
-use berth_integration::node::{Api, NODE, Node, containers, root, wait_for};
-use berth_integration::registry::Registry;
+use berth_integration::node::{Api, NODE, NodeTest, containers, root, wait_for};
 use berth_integration::runtime::berth_binary;
-use berth_integration::workdir::tempdir;
-use berth_kubelet::cri_client::CriClient;
 use berth_proto::v1;
 use http_body_util::BodyExt;
 
@@ -82,41 +77,24 @@ fn samples(text: &str) -> Result<Vec<(String, f64)>> {
 
 #[test]
 fn kubelet_api_and_cli() -> Result<()> {
-    let reg = Registry::start()?;
-    reg.client().push("busybox", "1", images::busybox()?)?;
-    let image = reg.reference("busybox:1");
-    let d = CriDaemon::start(Options {
-        config: Some(String::new()),
-        ..Default::default()
-    })?;
-    let work = tempdir("node-")?;
-    let manifests = work.path().join("manifests");
-    std::fs::create_dir_all(&manifests)?;
-    let log = work.path().join("node.log");
+    let t = NodeTest::start()?;
+    let (work, log) = (t.work(), t.log());
     // Free now; taken by another process before the pod listens, only the
     // port-forward check would fail.
     let pf_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    std::fs::write(manifests.join("web.yaml"), pod(&image, pf_port))?;
-    let node = Node::start(&manifests, &d.socket(), work.path(), &log)?;
+    t.write("web", &pod(t.image(), pf_port))?;
+    let node = t.node()?;
     let name = format!("web-{NODE}");
     let port = node.1.api;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let c = CriClient::connect(
-            &format!("unix://{}", d.socket().display()),
-            Duration::from_secs(10),
-        )
-        .await?;
+    t.runtime()?.block_on(async {
+        let c = t.cri().await?;
         wait_for(
             "a running web container",
             Duration::from_secs(60),
-            &log,
+            log,
             || async {
                 Ok(containers(&c, "web")
                     .await?
@@ -138,7 +116,7 @@ fn kubelet_api_and_cli() -> Result<()> {
             "{plain}"
         );
 
-        let api = Api::new(&node, work.path())?;
+        let api = t.api(&node).await?;
         // Every name of the self-signed certificate verifies.
         for server_name in ["127.0.0.1", "localhost", NODE] {
             let r = api.get_as(server_name, "/healthz").await?;
@@ -167,7 +145,7 @@ fn kubelet_api_and_cli() -> Result<()> {
         wait_for(
             "the first lines in the log",
             Duration::from_secs(10),
-            &log,
+            log,
             || async { Ok(api.get(&logs).await?.1.contains("third")) },
         )
         .await?;
@@ -221,11 +199,7 @@ fn kubelet_api_and_cli() -> Result<()> {
                 bail!("follow did not get the later line: {seen:?}");
             }
             if seen.contains("third") && !touched {
-                let out = berth(
-                    port,
-                    work.path(),
-                    &["exec", &name, "--", "touch", "/tmp/go"],
-                )?;
+                let out = berth(port, work, &["exec", &name, "--", "touch", "/tmp/go"])?;
                 ensure!(out.status.success(), "exec touch: {out:?}");
                 touched = true;
             }
@@ -361,11 +335,7 @@ fn kubelet_api_and_cli() -> Result<()> {
         );
         let (mut ws, _) =
             tokio_tungstenite::client_async(req, api.connect("127.0.0.1").await?).await?;
-        let out = berth(
-            port,
-            work.path(),
-            &["exec", &name, "--", "touch", "/tmp/go"],
-        )?;
+        let out = berth(port, work, &["exec", &name, "--", "touch", "/tmp/go"])?;
         ensure!(out.status.success(), "exec touch: {out:?}");
         let mut attached = Vec::new();
         {
@@ -426,14 +396,14 @@ fn kubelet_api_and_cli() -> Result<()> {
     })?;
 
     // The CLI.
-    let out = berth(port, work.path(), &["exec", &name, "--", "echo", "hi"])?;
+    let out = berth(port, work, &["exec", &name, "--", "echo", "hi"])?;
     ensure!(
         out.status.code() == Some(0) && out.stdout == b"hi\n",
         "berth exec echo hi: {out:?}"
     );
     let out = berth(
         port,
-        work.path(),
+        work,
         &[
             "exec",
             &name,
@@ -454,7 +424,7 @@ fn kubelet_api_and_cli() -> Result<()> {
             &format!("https://127.0.0.1:{port}"),
             "--root",
         ])
-        .arg(root(work.path()))
+        .arg(root(work))
         .args(["-i", &name, "--", "sh", "-c", "cat; echo done"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -469,24 +439,24 @@ fn kubelet_api_and_cli() -> Result<()> {
         out.status.success() && out.stdout == b"hello\nworld\ndone\n",
         "berth exec -i: {out:?}"
     );
-    let out = berth(port, work.path(), &["exec", "nope", "--", "true"])?;
+    let out = berth(port, work, &["exec", "nope", "--", "true"])?;
     ensure!(
         out.status.code() == Some(1)
             && String::from_utf8_lossy(&out.stderr).contains("pod \"nope\" not found"),
         "berth exec on a missing pod: {out:?}"
     );
-    let out = berth(port, work.path(), &["logs", &name, "--tail", "2"])?;
+    let out = berth(port, work, &["logs", &name, "--tail", "2"])?;
     ensure!(out.status.success(), "berth logs: {out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(text.lines().count() == 2, "berth logs --tail 2: {text:?}");
-    let out = berth(port, work.path(), &["pods"])?;
+    let out = berth(port, work, &["pods"])?;
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.success(), "berth pods: {out:?}");
     ensure!(
         text.starts_with("NAME ") && text.lines().nth(1).is_some_and(|l| l.starts_with(&name)),
         "berth pods: {text}"
     );
-    let out = berth(port, work.path(), &["pods", "-A"])?;
+    let out = berth(port, work, &["pods", "-A"])?;
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(
         text.starts_with("NAMESPACE ") && text.contains(&format!("default     {name}")),
@@ -520,44 +490,24 @@ fn client_ca() -> Result<(String, String, String)> {
 /// with a certificate the CA signed gets in; the health port stays open.
 #[test]
 fn client_certificates_are_required_with_a_client_ca() -> Result<()> {
-    let d = CriDaemon::start(Options {
-        config: Some(String::new()),
-        ..Default::default()
-    })?;
-    let work = tempdir("node-")?;
-    let manifests = work.path().join("manifests");
-    std::fs::create_dir_all(&manifests)?;
-    let log = work.path().join("node.log");
+    let t = NodeTest::without_registry()?;
+    let work = t.work();
     let (ca, cert, key) = client_ca()?;
-    let ca_file = work.path().join("client-ca.crt");
+    let ca_file = work.join("client-ca.crt");
     std::fs::write(&ca_file, ca)?;
     let ca_arg = ca_file.to_string_lossy().into_owned();
-    let node = Node::start_with(
-        &manifests,
-        &d.socket(),
-        work.path(),
-        &log,
-        &["--client-ca-file", &ca_arg],
-    )?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let crt = root(work.path()).join("pki").join("kubelet.crt");
-        wait_for("the API", Duration::from_secs(30), &log, || async {
-            Ok(crt.exists() && std::net::TcpStream::connect(("127.0.0.1", node.1.api)).is_ok())
-        })
-        .await?;
-        let anonymous = Api::new(&node, work.path())?;
+    let node = t.node_with(&["--client-ca-file", &ca_arg])?;
+    t.runtime()?.block_on(async {
+        let anonymous = t.api(&node).await?;
         let (st, body) = anonymous.get("/pods").await?;
         ensure!(st == 401, "anonymous /pods: {st} {body}");
-        let admin = Api::with_client_cert(&node, work.path(), &cert, &key)?;
+        let admin = Api::with_client_cert(&node, work, &cert, &key)?;
         let (st, body) = admin.get("/pods").await?;
         ensure!(
             st == 200 && body.contains("PodList"),
             "/pods with a client certificate: {st} {body}"
         );
-        let out = berth(node.1.api, work.path(), &["pods"])?;
+        let out = berth(node.1.api, work, &["pods"])?;
         ensure!(
             !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("401"),
             "berth pods without a certificate: {out:?}"

@@ -9,12 +9,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use berth_integration::cri::{CriDaemon, Options};
-use berth_integration::images;
-use berth_integration::node::{Node, attempt, containers, sandboxes, wait_for};
-use berth_integration::registry::Registry;
-use berth_integration::workdir::tempdir;
-use berth_kubelet::cri_client::CriClient;
+use berth_integration::node::{NodeTest, attempt, containers, sandboxes, wait_for};
 use berth_proto::v1;
 
 fn pod(name: &str, image: &str, script: &str, extra: &str) -> String {
@@ -48,75 +43,42 @@ fn exited(list: &[v1::Container]) -> Vec<u32> {
 
 #[test]
 fn gc_image_pull_back_off_and_env_from() -> Result<()> {
-    let reg = Registry::start()?;
-    reg.client().push("busybox", "1", images::busybox()?)?;
-    let image = reg.reference("busybox:1");
-    let d = CriDaemon::start(Options {
-        config: Some(String::new()),
-        ..Default::default()
-    })?;
-    let work = tempdir("node-")?;
-    let manifests = work.path().join("manifests");
-    std::fs::create_dir_all(&manifests)?;
+    let t = NodeTest::start()?;
+    let (image, log) = (t.image(), t.log());
     // The node's default config dir is <root>/config.
-    let config = work.path().join("root/config");
+    let config = t.work().join("root/config");
     std::fs::create_dir_all(config.join("configmaps/default/app"))?;
     std::fs::write(config.join("configmaps/default/app/MODE"), "fast")?;
     std::fs::create_dir_all(config.join("secrets/default/creds"))?;
     std::fs::write(config.join("secrets/default/creds/password"), "hunter2")?;
-    let log = work.path().join("node.log");
-    let _node = Node::start_with(
-        &manifests,
-        &d.socket(),
-        work.path(),
-        &log,
-        &["--gc-interval-seconds", "2"],
-    )?;
+    let _node = t.node_with(&["--gc-interval-seconds", "2"])?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let c = CriClient::connect(
-            &format!("unix://{}", d.socket().display()),
-            Duration::from_secs(10),
-        )
-        .await?
-        .with_request_timeout(Duration::from_secs(30));
+    t.runtime()?.block_on(async {
+        let c = t.cri().await?;
 
-        std::fs::write(
-            manifests.join("crasher.yaml"),
-            pod("crasher", &image, "exit 1", ""),
-        )?;
-        std::fs::write(
-            manifests.join("nopull.yaml"),
-            pod("nopull", &reg.reference("nonexistent:1"), "true", ""),
+        t.write("crasher", &pod("crasher", image, "exit 1", ""))?;
+        t.write(
+            "nopull",
+            &pod("nopull", &t.registry().reference("nonexistent:1"), "true", ""),
         )?;
         let env = "    envFrom:\n    - configMapRef: {name: app}\n      prefix: CM_\n    env:\n    - name: PW\n      valueFrom:\n        secretKeyRef: {name: creds, key: password}\n";
-        std::fs::write(
-            manifests.join("env.yaml"),
-            pod("env", &image, "exec sleep 1000", env),
-        )?;
+        t.write("env", &pod("env", image, "exec sleep 1000", env))?;
         let missing = "    envFrom:\n    - configMapRef: {name: absent}\n";
-        std::fs::write(
-            manifests.join("noconfig.yaml"),
-            pod("noconfig", &image, "exec sleep 1000", missing),
-        )?;
+        t.write("noconfig", &pod("noconfig", image, "exec sleep 1000", missing))?;
 
         // Instances 0 and 1 exit at once, 2 after a 10 s back-off: by then
         // the collector, every 2 s, has left only the newest exited one.
         wait_for(
             "a third crasher instance",
             Duration::from_secs(40),
-            &log,
+            log,
             || async { Ok(containers(&c, "crasher").await?.iter().any(|x| attempt(x) >= 2)) },
         )
         .await?;
         wait_for(
             "only the newest exited crasher instance kept",
             Duration::from_secs(20),
-            &log,
+            log,
             || async {
                 let all = containers(&c, "crasher").await?;
                 let newest = all.iter().map(attempt).max().unwrap_or(0);
@@ -127,7 +89,7 @@ fn gc_image_pull_back_off_and_env_from() -> Result<()> {
             },
         )
         .await?;
-        let text = std::fs::read_to_string(&log)?;
+        let text = std::fs::read_to_string(log)?;
         ensure!(
             text.contains("garbage collecting an exited container"),
             "no collection logged:\n{text}"
@@ -137,9 +99,9 @@ fn gc_image_pull_back_off_and_env_from() -> Result<()> {
         wait_for(
             "ErrImagePull then ImagePullBackOff",
             Duration::from_secs(20),
-            &log,
+            log,
             || async {
-                let text = std::fs::read_to_string(&log)?;
+                let text = std::fs::read_to_string(log)?;
                 let pulled = text.find("ErrImagePull");
                 let backoff = text.find("ImagePullBackOff");
                 Ok(matches!((pulled, backoff), (Some(p), Some(b)) if p < b))
@@ -154,7 +116,7 @@ fn gc_image_pull_back_off_and_env_from() -> Result<()> {
         wait_for(
             "the env container running",
             Duration::from_secs(20),
-            &log,
+            log,
             || async {
                 Ok(containers(&c, "env")
                     .await?
@@ -174,9 +136,9 @@ fn gc_image_pull_back_off_and_env_from() -> Result<()> {
         wait_for(
             "CreateContainerConfigError for the missing ConfigMap",
             Duration::from_secs(20),
-            &log,
+            log,
             || async {
-                let text = std::fs::read_to_string(&log)?;
+                let text = std::fs::read_to_string(log)?;
                 Ok(text.contains("CreateContainerConfigError")
                     && text.contains("configMap default/absent not found"))
             },
@@ -185,13 +147,13 @@ fn gc_image_pull_back_off_and_env_from() -> Result<()> {
         ensure!(containers(&c, "noconfig").await?.is_empty());
 
         for name in ["crasher", "nopull", "env", "noconfig"] {
-            std::fs::remove_file(manifests.join(format!("{name}.yaml")))?;
+            t.remove(name)?;
         }
         for name in ["crasher", "nopull", "env", "noconfig"] {
             wait_for(
                 &format!("the {name} pod removed"),
                 Duration::from_secs(30),
-                &log,
+                log,
                 || async {
                     Ok(containers(&c, name).await?.is_empty()
                         && sandboxes(&c, name).await?.is_empty())

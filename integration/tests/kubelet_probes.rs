@@ -9,12 +9,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use berth_integration::cri::{CriDaemon, Options};
-use berth_integration::images;
-use berth_integration::node::{Node, attempt, containers, wait_for};
-use berth_integration::registry::Registry;
-use berth_integration::workdir::tempdir;
-use berth_kubelet::cri_client::CriClient;
+use berth_integration::node::{NodeTest, attempt, containers, wait_for};
 use berth_proto::v1;
 
 fn liveness_pod(image: &str) -> String {
@@ -73,43 +68,25 @@ spec:
 
 #[test]
 fn liveness_restarts_and_readiness_reports() -> Result<()> {
-    let reg = Registry::start()?;
-    reg.client().push("busybox", "1", images::busybox()?)?;
-    let image = reg.reference("busybox:1");
-    let d = CriDaemon::start(Options {
-        config: Some(String::new()),
-        ..Default::default()
-    })?;
-    let work = tempdir("node-")?;
-    let manifests = work.path().join("manifests");
-    std::fs::create_dir_all(&manifests)?;
-    let log = work.path().join("node.log");
+    let t = NodeTest::start()?;
+    let (image, log) = (t.image(), t.log());
     // Free now; a race with another process taking it would only fail the
     // readiness wait.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    std::fs::write(manifests.join("live.yaml"), liveness_pod(&image))?;
-    std::fs::write(manifests.join("ready.yaml"), readiness_pod(&image, port))?;
+    t.write("live", &liveness_pod(image))?;
+    t.write("ready", &readiness_pod(image, port))?;
 
-    let mut node = Node::start(&manifests, &d.socket(), work.path(), &log)?;
+    let mut node = t.node()?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let c = CriClient::connect(
-            &format!("unix://{}", d.socket().display()),
-            Duration::from_secs(10),
-        )
-        .await?
-        .with_request_timeout(Duration::from_secs(30));
+    t.runtime()?.block_on(async {
+        let c = t.cri().await?;
 
         wait_for(
             "a running live container",
             Duration::from_secs(30),
-            &log,
+            log,
             || async {
                 Ok(containers(&c, "live")
                     .await?
@@ -123,7 +100,7 @@ fn liveness_restarts_and_readiness_reports() -> Result<()> {
         wait_for(
             "the postStart hook's file in the live container",
             Duration::from_secs(10),
-            &log,
+            log,
             || async {
                 for x in containers(&c, "live").await? {
                     if x.state != v1::ContainerState::ContainerRunning as i32 {
@@ -144,7 +121,7 @@ fn liveness_restarts_and_readiness_reports() -> Result<()> {
         wait_for(
             "the live container restarted after failing its liveness probe",
             Duration::from_secs(30),
-            &log,
+            log,
             || async {
                 Ok(containers(&c, "live").await?.iter().any(|x| {
                     attempt(x) >= 1 && x.state == v1::ContainerState::ContainerRunning as i32
@@ -152,7 +129,7 @@ fn liveness_restarts_and_readiness_reports() -> Result<()> {
             },
         )
         .await?;
-        let text = std::fs::read_to_string(&log)?;
+        let text = std::fs::read_to_string(log)?;
         ensure!(
             text.contains("failed liveness probe, will be restarted"),
             "no liveness kill in the log:\n{text}"
@@ -161,9 +138,9 @@ fn liveness_restarts_and_readiness_reports() -> Result<()> {
         wait_for(
             "the listener reported ready",
             Duration::from_secs(20),
-            &log,
+            log,
             || async {
-                Ok(std::fs::read_to_string(&log)?
+                Ok(std::fs::read_to_string(log)?
                     .lines()
                     .any(|l| l.contains("container=listener") && l.contains("ready=true")))
             },
@@ -181,7 +158,7 @@ fn liveness_restarts_and_readiness_reports() -> Result<()> {
         ensure!(
             Instant::now() < deadline,
             "berth node did not exit on SIGTERM:\n{}",
-            std::fs::read_to_string(&log)?
+            std::fs::read_to_string(log)?
         );
         std::thread::sleep(Duration::from_millis(100));
     }

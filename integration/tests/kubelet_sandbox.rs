@@ -6,30 +6,16 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use berth_integration::cri::{CriDaemon, Options};
-use berth_integration::images;
-use berth_integration::node::{Node, containers, sandboxes, wait_for};
-use berth_integration::registry::Registry;
-use berth_integration::workdir::tempdir;
-use berth_kubelet::cri_client::CriClient;
+use berth_integration::node::{NodeTest, containers, sandboxes, wait_for};
 use berth_proto::v1;
 
 #[test]
 fn a_dead_sandbox_is_replaced() -> Result<()> {
-    let reg = Registry::start()?;
-    reg.client().push("busybox", "1", images::busybox()?)?;
-    let image = reg.reference("busybox:1");
-    let d = CriDaemon::start(Options {
-        config: Some(String::new()),
-        ..Default::default()
-    })?;
-    let work = tempdir("node-")?;
-    let manifests = work.path().join("manifests");
-    std::fs::create_dir_all(&manifests)?;
-    let log = work.path().join("node.log");
-    std::fs::write(
-        manifests.join("s.yaml"),
-        format!(
+    let t = NodeTest::start()?;
+    let (image, log) = (t.image(), t.log());
+    t.write(
+        "s",
+        &format!(
             r#"apiVersion: v1
 kind: Pod
 metadata: {{name: s}}
@@ -41,16 +27,9 @@ spec:
 "#
         ),
     )?;
-    let _node = Node::start(&manifests, &d.socket(), work.path(), &log)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let c = CriClient::connect(
-            &format!("unix://{}", d.socket().display()),
-            Duration::from_secs(10),
-        )
-        .await?;
+    let _node = t.node()?;
+    t.runtime()?.block_on(async {
+        let c = t.cri().await?;
         let running = |attempt: u32| {
             let c = c.clone();
             async move {
@@ -70,7 +49,7 @@ spec:
         wait_for(
             "the pod running in its first sandbox",
             Duration::from_secs(30),
-            &log,
+            log,
             || running(0),
         )
         .await?;
@@ -79,7 +58,7 @@ spec:
         wait_for(
             "the pod running in a new sandbox",
             Duration::from_secs(30),
-            &log,
+            log,
             || running(1),
         )
         .await?;

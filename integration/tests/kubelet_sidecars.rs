@@ -13,12 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use berth_integration::cri::{CriDaemon, Options};
-use berth_integration::images;
-use berth_integration::node::{Node, containers, sandboxes, wait_for};
-use berth_integration::registry::Registry;
-use berth_integration::workdir::tempdir;
-use berth_kubelet::cri_client::CriClient;
+use berth_integration::node::{NodeTest, containers, sandboxes, wait_for};
 use berth_proto::v1;
 
 /// A container that logs its start (and with `up`, creates `/tmp/up` after
@@ -85,52 +80,34 @@ fn lines(path: &Path) -> Vec<String> {
 
 #[test]
 fn sidecars_start_in_order_and_stop_after_the_main_containers() -> Result<()> {
-    let reg = Registry::start()?;
-    reg.client().push("busybox", "1", images::busybox()?)?;
-    let image = reg.reference("busybox:1");
-    let d = CriDaemon::start(Options {
-        config: Some(String::new()),
-        ..Default::default()
-    })?;
-    let work = tempdir("node-")?;
-    let manifests = work.path().join("manifests");
-    std::fs::create_dir_all(&manifests)?;
-    let shared = work.path().join("shared");
-    let log = work.path().join("node.log");
-    let _node = Node::start(&manifests, &d.socket(), work.path(), &log)?;
+    let t = NodeTest::start()?;
+    let (image, log) = (t.image(), t.log());
+    let shared = t.work().join("shared");
+    let _node = t.node()?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let c = CriClient::connect(
-            &format!("unix://{}", d.socket().display()),
-            Duration::from_secs(10),
-        )
-        .await?
-        .with_request_timeout(Duration::from_secs(30));
+    t.runtime()?.block_on(async {
+        let c = t.cri().await?;
 
         let inits = [
-            logging("sc1", &image, "order", false, SIDECAR),
-            logging("sc2", &image, "order", true, STARTUP),
+            logging("sc1", image, "order", false, SIDECAR),
+            logging("sc2", image, "order", true, STARTUP),
             format!(
                 "  - name: i1\n    image: {image}\n    imagePullPolicy: IfNotPresent\n    volumeMounts: [{{name: log, mountPath: /log}}]\n    command: [sh, -c, \"echo start-i1 >> /log/order\"]\n"
             ),
         ]
         .concat();
-        std::fs::write(
-            manifests.join("order.yaml"),
-            pod(
+        t.write(
+            "order",
+            &pod(
                 "order",
                 "Always",
                 &shared,
                 &inits,
-                &logging("main", &image, "order", false, ""),
+                &logging("main", image, "order", false, ""),
             ),
         )?;
         let order = shared.join("order");
-        wait_for("the main container started", Duration::from_secs(60), &log, || async {
+        wait_for("the main container started", Duration::from_secs(60), log, || async {
             Ok(lines(&order).iter().any(|l| l == "start-main"))
         })
         .await?;
@@ -146,8 +123,8 @@ fn sidecars_start_in_order_and_stop_after_the_main_containers() -> Result<()> {
             .count();
         ensure!(running == 3, "{running} containers running, not sc1, sc2 and main");
 
-        std::fs::remove_file(manifests.join("order.yaml"))?;
-        wait_for("the order pod removed", Duration::from_secs(60), &log, || async {
+        t.remove("order")?;
+        wait_for("the order pod removed", Duration::from_secs(60), log, || async {
             Ok(containers(&c, "order").await?.is_empty()
                 && sandboxes(&c, "order").await?.is_empty())
         })
@@ -164,17 +141,17 @@ fn sidecars_start_in_order_and_stop_after_the_main_containers() -> Result<()> {
         let main = format!(
             "  - name: main\n    image: {image}\n    imagePullPolicy: IfNotPresent\n    volumeMounts: [{{name: log, mountPath: /log}}]\n    command: [sh, -c, \"sleep 1; echo exit-main >> /log/done\"]\n"
         );
-        std::fs::write(
-            manifests.join("done.yaml"),
-            pod(
+        t.write(
+            "done",
+            &pod(
                 "done",
                 "Never",
                 &shared,
-                &logging("sc", &image, "done", false, SIDECAR),
+                &logging("sc", image, "done", false, SIDECAR),
                 &main,
             ),
         )?;
-        wait_for("the sidecar stopped", Duration::from_secs(60), &log, || async {
+        wait_for("the sidecar stopped", Duration::from_secs(60), log, || async {
             let all = containers(&c, "done").await?;
             Ok(all.len() == 2
                 && all
@@ -195,11 +172,8 @@ fn sidecars_start_in_order_and_stop_after_the_main_containers() -> Result<()> {
         let sleeper = format!(
             "  - name: main\n    image: {image}\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, \"exec sleep 1000\"]\n"
         );
-        std::fs::write(
-            manifests.join("flappy.yaml"),
-            pod("flappy", "Never", &shared, &flappy, &sleeper),
-        )?;
-        wait_for("the sidecar restarted", Duration::from_secs(30), &log, || async {
+        t.write("flappy", &pod("flappy", "Never", &shared, &flappy, &sleeper))?;
+        wait_for("the sidecar restarted", Duration::from_secs(30), log, || async {
             Ok(containers(&c, "flappy")
                 .await?
                 .iter()
@@ -211,15 +185,15 @@ fn sidecars_start_in_order_and_stop_after_the_main_containers() -> Result<()> {
                 && x.state == v1::ContainerState::ContainerRunning as i32
         });
         ensure!(main_running, "the main container stopped with its sidecar");
-        std::fs::remove_file(manifests.join("flappy.yaml"))?;
-        wait_for("the flappy pod removed", Duration::from_secs(30), &log, || async {
+        t.remove("flappy")?;
+        wait_for("the flappy pod removed", Duration::from_secs(30), log, || async {
             Ok(containers(&c, "flappy").await?.is_empty()
                 && sandboxes(&c, "flappy").await?.is_empty())
         })
         .await?;
 
-        std::fs::remove_file(manifests.join("done.yaml"))?;
-        wait_for("the done pod removed", Duration::from_secs(30), &log, || async {
+        t.remove("done")?;
+        wait_for("the done pod removed", Duration::from_secs(30), log, || async {
             Ok(containers(&c, "done").await?.is_empty() && sandboxes(&c, "done").await?.is_empty())
         })
         .await?;

@@ -11,12 +11,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
-use berth_integration::cri::{CriDaemon, Options};
-use berth_integration::images;
-use berth_integration::node::{Node, attempt, containers, sandboxes, wait_for};
-use berth_integration::registry::Registry;
-use berth_integration::workdir::tempdir;
-use berth_kubelet::cri_client::CriClient;
+use berth_integration::node::{NodeTest, attempt, containers, sandboxes, wait_for};
 use berth_proto::v1;
 
 fn manifest(name: &str, image: &str, policy: &str, script: &str) -> String {
@@ -40,45 +35,22 @@ spec:
 
 #[test]
 fn static_pods_through_berth_node() -> Result<()> {
-    let reg = Registry::start()?;
-    reg.client().push("busybox", "1", images::busybox()?)?;
-    let image = reg.reference("busybox:1");
-    let d = CriDaemon::start(Options {
-        config: Some(String::new()),
-        ..Default::default()
-    })?;
-    let work = tempdir("node-")?;
-    let manifests = work.path().join("manifests");
-    std::fs::create_dir_all(&manifests)?;
-    let log = work.path().join("node.log");
-    std::fs::write(
-        manifests.join("bad.yaml"),
-        "apiVersion: v1\nkind: Pod\nspec: [oops\n",
-    )?;
+    let t = NodeTest::start()?;
+    let (image, log) = (t.image(), t.log());
+    t.write("bad", "apiVersion: v1\nkind: Pod\nspec: [oops\n")?;
+    let mut node = t.node()?;
 
-    let start_node = || Node::start(&manifests, &d.socket(), work.path(), &log);
-    let mut node = start_node()?;
+    t.runtime()?.block_on(async {
+        let c = t.cri().await?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let c = CriClient::connect(
-            &format!("unix://{}", d.socket().display()),
-            Duration::from_secs(10),
-        )
-        .await?
-        .with_request_timeout(Duration::from_secs(30));
-
-        std::fs::write(
-            manifests.join("sleeper.yaml"),
-            manifest("sleeper", &image, "Always", "exec sleep 1000"),
+        t.write(
+            "sleeper",
+            &manifest("sleeper", image, "Always", "exec sleep 1000"),
         )?;
         wait_for(
             "a running sleeper container",
             Duration::from_secs(30),
-            &log,
+            log,
             || async {
                 Ok(containers(&c, "sleeper")
                     .await?
@@ -88,14 +60,11 @@ fn static_pods_through_berth_node() -> Result<()> {
         )
         .await?;
 
-        std::fs::write(
-            manifests.join("crasher.yaml"),
-            manifest("crasher", &image, "Always", "exit 1"),
-        )?;
+        t.write("crasher", &manifest("crasher", image, "Always", "exit 1"))?;
         wait_for(
             "a restarted crasher container",
             Duration::from_secs(20),
-            &log,
+            log,
             || async {
                 Ok(containers(&c, "crasher")
                     .await?
@@ -111,7 +80,7 @@ fn static_pods_through_berth_node() -> Result<()> {
             now.iter().all(|x| attempt(x) <= 1),
             "restarted again without back-off: {now:?}"
         );
-        let text = std::fs::read_to_string(&log)?;
+        let text = std::fs::read_to_string(log)?;
         ensure!(text.contains("back-off"), "no back-off logged:\n{text}");
         ensure!(
             text.contains("bad.yaml"),
@@ -129,12 +98,12 @@ fn static_pods_through_berth_node() -> Result<()> {
         let before = running(containers(&c, "sleeper").await?);
         node.0.kill()?;
         node.0.wait()?;
-        std::fs::remove_file(manifests.join("crasher.yaml"))?;
-        node = start_node()?;
+        t.remove("crasher")?;
+        node = t.node()?;
         wait_for(
             "the crasher pod removed on start",
             Duration::from_secs(20),
-            &log,
+            log,
             || async {
                 Ok(containers(&c, "crasher").await?.is_empty()
                     && sandboxes(&c, "crasher").await?.is_empty())
@@ -148,15 +117,15 @@ fn static_pods_through_berth_node() -> Result<()> {
             "adopted {before:?}, now {after:?}"
         );
 
-        std::fs::remove_file(manifests.join("sleeper.yaml"))?;
-        std::fs::write(
-            manifests.join("last.yaml"),
-            manifest("last", &image, "Always", "exec sleep 1000"),
+        t.remove("sleeper")?;
+        t.write(
+            "last",
+            &manifest("last", image, "Always", "exec sleep 1000"),
         )?;
         wait_for(
             "the sleeper pod removed",
             Duration::from_secs(20),
-            &log,
+            log,
             || async {
                 Ok(containers(&c, "sleeper").await?.is_empty()
                     && sandboxes(&c, "sleeper").await?.is_empty())
@@ -166,7 +135,7 @@ fn static_pods_through_berth_node() -> Result<()> {
         wait_for(
             "a running last container",
             Duration::from_secs(20),
-            &log,
+            log,
             || async { Ok(!running(containers(&c, "last").await?).is_empty()) },
         )
         .await?;
@@ -183,7 +152,7 @@ fn static_pods_through_berth_node() -> Result<()> {
             if Instant::now() > deadline {
                 bail!(
                     "berth node did not exit on SIGTERM:\n{}",
-                    std::fs::read_to_string(&log)?
+                    std::fs::read_to_string(log)?
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -191,7 +160,7 @@ fn static_pods_through_berth_node() -> Result<()> {
         ensure!(
             status.success(),
             "berth node exited with {status}:\n{}",
-            std::fs::read_to_string(&log)?
+            std::fs::read_to_string(log)?
         );
         let left = c.list_pod_sandbox(None).await?;
         ensure!(left.is_empty(), "sandboxes left after SIGTERM: {left:?}");

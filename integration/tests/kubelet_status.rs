@@ -9,11 +9,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use berth_integration::cri::{CriDaemon, Options};
-use berth_integration::images;
-use berth_integration::node::{Api, NODE, Node, root, wait_for};
-use berth_integration::registry::Registry;
-use berth_integration::workdir::tempdir;
+use berth_integration::node::{Api, NODE, NodeTest, wait_for};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use serde_json::Value;
 
@@ -94,42 +90,22 @@ fn condition(s: &PodStatus, kind: &str) -> Option<String> {
 
 #[test]
 fn pod_status_follows_the_containers() -> Result<()> {
-    let reg = Registry::start()?;
-    reg.client().push("busybox", "1", images::busybox()?)?;
-    let image = reg.reference("busybox:1");
-    let d = CriDaemon::start(Options {
-        config: Some(String::new()),
-        ..Default::default()
-    })?;
-    let work = tempdir("node-")?;
-    let manifests = work.path().join("manifests");
-    std::fs::create_dir_all(&manifests)?;
-    let log = work.path().join("node.log");
+    let t = NodeTest::start()?;
+    let (image, log) = (t.image(), t.log());
     for (name, policy, body) in [
         ("ready", "Always", READY),
         ("crash", "Always", CRASH),
         ("fail", "Never", FAIL),
         ("init", "Always", INIT),
     ] {
-        std::fs::write(
-            manifests.join(format!("{name}.yaml")),
-            pod(name, &image, policy, body),
-        )?;
+        t.write(name, &pod(name, image, policy, body))?;
     }
-    let node = Node::start(&manifests, &d.socket(), work.path(), &log)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let crt = root(work.path()).join("pki").join("kubelet.crt");
-        wait_for("the API", Duration::from_secs(30), &log, || async {
-            Ok(crt.exists() && std::net::TcpStream::connect(("127.0.0.1", node.1.api)).is_ok())
-        })
-        .await?;
-        let api = Api::new(&node, work.path())?;
+    let node = t.node()?;
+    t.runtime()?.block_on(async {
+        let api = t.api(&node).await?;
 
         // Init: Pending and not initialized while `wait` runs, then Running.
-        wait_for("init pending", Duration::from_secs(30), &log, || async {
+        wait_for("init pending", Duration::from_secs(30), log, || async {
             Ok(status(&api, "init").await?.is_some_and(|s| {
                 s.phase.as_deref() == Some("Pending")
                     && condition(&s, "Initialized").as_deref() == Some("False")
@@ -144,7 +120,7 @@ fn pod_status_follows_the_containers() -> Result<()> {
         wait_for(
             "ready Running and not Ready",
             Duration::from_secs(30),
-            &log,
+            log,
             || async {
                 Ok(status(&api, "ready").await?.is_some_and(|s| {
                     s.phase.as_deref() == Some("Running")
@@ -153,7 +129,7 @@ fn pod_status_follows_the_containers() -> Result<()> {
             },
         )
         .await?;
-        wait_for("ready Ready", Duration::from_secs(20), &log, || async {
+        wait_for("ready Ready", Duration::from_secs(20), log, || async {
             Ok(status(&api, "ready")
                 .await?
                 .is_some_and(|s| condition(&s, "Ready").as_deref() == Some("True")))
@@ -162,7 +138,7 @@ fn pod_status_follows_the_containers() -> Result<()> {
         wait_for(
             "ready not Ready again",
             Duration::from_secs(20),
-            &log,
+            log,
             || async {
                 Ok(status(&api, "ready").await?.is_some_and(|s| {
                     condition(&s, "Ready").as_deref() == Some("False")
@@ -175,7 +151,7 @@ fn pod_status_follows_the_containers() -> Result<()> {
         wait_for(
             "init Running and initialized",
             Duration::from_secs(30),
-            &log,
+            log,
             || async {
                 Ok(status(&api, "init").await?.is_some_and(|s| {
                     s.phase.as_deref() == Some("Running")
@@ -189,7 +165,7 @@ fn pod_status_follows_the_containers() -> Result<()> {
         wait_for(
             "crash in CrashLoopBackOff",
             Duration::from_secs(40),
-            &log,
+            log,
             || async {
                 Ok(status(&api, "crash").await?.is_some_and(|s| {
                     let Some(c) = s.container_statuses.as_ref().and_then(|c| c.first()) else {
@@ -213,7 +189,7 @@ fn pod_status_follows_the_containers() -> Result<()> {
         .await?;
 
         // The failed Never pod: Failed, its message from its log.
-        wait_for("fail Failed", Duration::from_secs(30), &log, || async {
+        wait_for("fail Failed", Duration::from_secs(30), log, || async {
             Ok(status(&api, "fail").await?.is_some_and(|s| {
                 let terminated = s
                     .container_statuses

@@ -18,15 +18,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use berth_integration::bench::{default_berth, percentile, rollup};
+use berth_integration::bench::{self, BUSYBOX, PAUSE, default_berth, loadavg, percentile, rollup};
 use berth_integration::containerd_cri::{ContainerdCri, conflist, tail};
 use berth_integration::cri::{CriDaemon, Options};
 use berth_integration::forward::Forwarder;
-use berth_integration::images;
 use berth_integration::netns::NetNs;
-use berth_integration::oci::{Format, Image, ImageConfig};
 use berth_integration::proc;
-use berth_integration::registry::Registry;
 use berth_integration::runtime::which;
 use berth_integration::workdir::tempdir;
 use berth_proto::v1;
@@ -40,8 +37,6 @@ const WORKERS: usize = 10;
 /// The container's command; its processes are the workload, not the
 /// runtime's cost, and are left out of the memory figures by this cmdline.
 const WORKLOAD: [&str; 2] = ["sleep", "86400"];
-/// containerd needs a sandbox image; a long sleep in busybox plays pause.
-const PAUSE_ENTRYPOINT: [&str; 2] = ["/bin/sleep", "2147483647"];
 const MIB: f64 = 1024.0;
 
 struct Args {
@@ -574,12 +569,6 @@ async fn run(targets: &[Target], args: &Args) -> Result<Vec<Figures>> {
     Ok(figs)
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 fn print(figs: &[Figures], args: &Args, load: (&str, &str)) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
@@ -692,18 +681,7 @@ fn main() -> Result<()> {
     // Declared in the order of their use; dropped in reverse: daemons
     // (with their pods' processes, cgroups and mounts) before forwarders,
     // namespaces and the registry.
-    let registry = Registry::start()?;
-    registry.push("bench/busybox", "1", images::busybox()?)?;
-    let pause = Image::new(
-        Format::Oci,
-        &ImageConfig {
-            entrypoint: Some(PAUSE_ENTRYPOINT.map(String::from).to_vec()),
-            cmd: None,
-            ..images::busybox_config()
-        },
-        images::busybox()?.layers.clone(),
-    )?;
-    registry.push("bench/pause", "1", &pause)?;
+    let registry = bench::registry()?;
     let upstream: SocketAddr = registry.addr().parse()?;
 
     let berth_ns = NetNs::new("bench-berth")?;
@@ -719,8 +697,8 @@ fn main() -> Result<()> {
         None => None,
     };
     let local = format!("127.0.0.1:{port}");
-    let busybox = format!("{local}/bench/busybox:1");
-    let pause_ref = format!("{local}/bench/pause:1");
+    let busybox = format!("{local}/{BUSYBOX}");
+    let pause_ref = format!("{local}/{PAUSE}");
 
     let ipam_berth = tempdir("ipam-berth-")?;
     let ipam_ctrd = tempdir("ipam-ctrd-")?;

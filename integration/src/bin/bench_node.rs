@@ -24,16 +24,13 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
-use berth_integration::bench::{default_berth, percentile, rollup};
+use berth_integration::bench::{self, BUSYBOX, PAUSE, default_berth, loadavg, percentile, rollup};
 use berth_integration::containerd_cri::{ContainerdCri, conflist, tail};
 use berth_integration::cri::{CriDaemon, Options};
 use berth_integration::exec::{Spawned, spawn_daemon};
 use berth_integration::forward::Forwarder;
-use berth_integration::images;
 use berth_integration::netns::NetNs;
-use berth_integration::oci::{Format, Image, ImageConfig};
 use berth_integration::proc;
-use berth_integration::registry::Registry;
 use berth_integration::runtime::which;
 use berth_integration::workdir::tempdir;
 use berth_kubelet::cri_client::CriClient;
@@ -42,8 +39,6 @@ use berth_proto::v1;
 /// The container's command; its processes are the workload, not the
 /// runtime's cost, and are left out of the memory figures by this cmdline.
 const WORKLOAD: [&str; 2] = ["sleep", "3600"];
-/// containerd needs a sandbox image; a long sleep in busybox plays pause.
-const PAUSE_ENTRYPOINT: [&str; 2] = ["/bin/sleep", "2147483647"];
 const NODE_NAME: &str = "bench";
 const MIB: f64 = 1024.0;
 /// How often the runtime is asked how many containers run: often enough
@@ -638,12 +633,6 @@ async fn wait_ready(cri: &CriClient, runtime: &Runtime) -> Result<()> {
     }
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -791,18 +780,7 @@ fn main() -> Result<()> {
 
     // Dropped in reverse order: daemons before forwarders, namespaces and
     // the registry.
-    let registry = Registry::start()?;
-    registry.push("bench/busybox", "1", images::busybox()?)?;
-    let pause = Image::new(
-        Format::Oci,
-        &ImageConfig {
-            entrypoint: Some(PAUSE_ENTRYPOINT.map(String::from).to_vec()),
-            cmd: None,
-            ..images::busybox_config()
-        },
-        images::busybox()?.layers.clone(),
-    )?;
-    registry.push("bench/pause", "1", &pause)?;
+    let registry = bench::registry()?;
     let upstream: SocketAddr = registry.addr().parse()?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -824,8 +802,8 @@ fn main() -> Result<()> {
         let port = Forwarder::port(&ns)?;
         let _fwd = Forwarder::start(&ns, port, upstream)?;
         let local = format!("127.0.0.1:{port}");
-        let image = format!("{local}/bench/busybox:1");
-        let pause_ref = format!("{local}/bench/pause:1");
+        let image = format!("{local}/{BUSYBOX}");
+        let pause_ref = format!("{local}/{PAUSE}");
         let ipam = tempdir("ipam-node-")?;
         let cni = conflist("berth-bench-node", ipam.path());
         let mut runtime = if containerd {
