@@ -8,12 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use berth_integration::cri::{CriDaemon, Options};
-use berth_integration::images;
-use berth_integration::node::{Node, containers, sandboxes, wait_for};
-use berth_integration::registry::Registry;
-use berth_integration::workdir::tempdir;
-use berth_kubelet::cri_client::CriClient;
+use berth_integration::node::{NodeTest, containers, sandboxes, wait_for};
 use berth_proto::v1;
 
 fn pod(name: &str, image: &str, dir: &Path, grace: u32, script: &str, pre_stop: &str) -> String {
@@ -50,25 +45,16 @@ fn lines(path: &Path) -> Vec<String> {
 
 #[test]
 fn pre_stop_then_sigterm_then_the_grace_period() -> Result<()> {
-    let reg = Registry::start()?;
-    reg.client().push("busybox", "1", images::busybox()?)?;
-    let image = reg.reference("busybox:1");
-    let d = CriDaemon::start(Options {
-        config: Some(String::new()),
-        ..Default::default()
-    })?;
-    let work = tempdir("node-")?;
-    let manifests = work.path().join("manifests");
-    let out = work.path().join("out");
-    std::fs::create_dir_all(&manifests)?;
+    let t = NodeTest::start()?;
+    let (image, log) = (t.image(), t.log());
+    let out = t.work().join("out");
     std::fs::create_dir_all(&out)?;
-    let log = work.path().join("node.log");
     // Traps SIGTERM: says so, then exits 0.
-    std::fs::write(
-        manifests.join("polite.yaml"),
-        pod(
+    t.write(
+        "polite",
+        &pod(
             "polite",
-            &image,
+            image,
             &out,
             30,
             "trap 'echo sigterm >> /out/polite; exit 0' TERM; echo started >> /out/polite; while true; do sleep 0.2; done",
@@ -76,40 +62,33 @@ fn pre_stop_then_sigterm_then_the_grace_period() -> Result<()> {
         ),
     )?;
     // Ignores SIGTERM: only SIGKILL at the end of its 3 s ends it.
-    std::fs::write(
-        manifests.join("stubborn.yaml"),
-        pod(
+    t.write(
+        "stubborn",
+        &pod(
             "stubborn",
-            &image,
+            image,
             &out,
             3,
             "trap '' TERM; echo started >> /out/stubborn; while true; do sleep 0.2; done",
             "echo prestop >> /out/stubborn",
         ),
     )?;
-    let _node = Node::start(&manifests, &d.socket(), work.path(), &log)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let c = CriClient::connect(
-            &format!("unix://{}", d.socket().display()),
-            Duration::from_secs(10),
-        )
-        .await?;
+    let _node = t.node()?;
+    t.runtime()?.block_on(async {
+        let c = t.cri().await?;
         for name in ["polite", "stubborn"] {
             let file = out.join(name);
             wait_for(
                 &format!("{name} started"),
                 Duration::from_secs(30),
-                &log,
+                log,
                 || async { Ok(lines(&file).first().map(String::as_str) == Some("started")) },
             )
             .await?;
         }
 
-        std::fs::remove_file(manifests.join("polite.yaml"))?;
-        wait_for("polite removed", Duration::from_secs(30), &log, || async {
+        t.remove("polite")?;
+        wait_for("polite removed", Duration::from_secs(30), log, || async {
             Ok(containers(&c, "polite").await?.is_empty()
                 && sandboxes(&c, "polite").await?.is_empty())
         })
@@ -121,18 +100,13 @@ fn pre_stop_then_sigterm_then_the_grace_period() -> Result<()> {
         );
 
         let began = Instant::now();
-        std::fs::remove_file(manifests.join("stubborn.yaml"))?;
-        wait_for(
-            "stubborn stopped",
-            Duration::from_secs(30),
-            &log,
-            || async {
-                Ok(containers(&c, "stubborn")
-                    .await?
-                    .iter()
-                    .all(|x| x.state != v1::ContainerState::ContainerRunning as i32))
-            },
-        )
+        t.remove("stubborn")?;
+        wait_for("stubborn stopped", Duration::from_secs(30), log, || async {
+            Ok(containers(&c, "stubborn")
+                .await?
+                .iter()
+                .all(|x| x.state != v1::ContainerState::ContainerRunning as i32))
+        })
         .await?;
         let took = began.elapsed();
         ensure!(
