@@ -263,7 +263,7 @@ impl Engine {
         Ok(record)
     }
 
-    /// Forks the monitor (through an intermediate, so it is not our child) and
+    /// Forks the monitor (through an intermediate when it may stand aside) and
     /// lets it create the container; returns what it reports.
     fn create_under_monitor(
         &self,
