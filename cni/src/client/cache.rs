@@ -137,9 +137,14 @@ impl Cache {
                 .create_new(true)
                 .open(&tmp)?;
             f.write_all(&bytes)?;
-            // The rename must not reach the disk before the data: a power
-            // loss would otherwise leave an empty entry where a good one was.
-            f.sync_data()?;
+            // Not synced, as libcni does not sync its cache either: the wait
+            // was a quarter of a pod's start on a busy disk, for a power cut
+            // only (a dead daemon's writes are in the page cache all the
+            // same). A power cut takes the ADD's namespace and links with it;
+            // what outlives it is host-local's reservation, itself unsynced
+            // and released by a DEL that lacks the entry all the same (an
+            // empty or torn entry is skipped with a warning, and a DEL without
+            // one still runs the chain, as libcni's does).
             std::fs::rename(&tmp, &path)
         })();
         if let Err(source) = written {

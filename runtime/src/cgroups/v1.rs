@@ -523,12 +523,14 @@ impl V1Cgroup {
                 let field = format!("{f} (copied from {})", parent.display());
                 fsutil::write(&field, &dir.join(f), value.trim())?;
             }
-            if dir == d.base {
-                // Later cgroups below the parent get cpus/mems from the
-                // kernel at mkdir time: no copying on the hot path.
+            if dir != d.leaf && dir.starts_with(&d.base) {
+                // Later cgroups below it get cpus/mems from the kernel at
+                // mkdir time: no copying on the hot path. On every level
+                // from the base down (ours), since the flag reaches one
+                // level only: a container's leaf is below its pod's.
                 let _ = fsutil::write(
                     "cgroup.clone_children",
-                    &d.base.join("cgroup.clone_children"),
+                    &dir.join("cgroup.clone_children"),
                     "1",
                 );
             }

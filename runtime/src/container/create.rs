@@ -263,7 +263,7 @@ impl Engine {
         Ok(record)
     }
 
-    /// Forks the monitor (through an intermediate, so it is not our child) and
+    /// Forks the monitor (through an intermediate when it may stand aside) and
     /// lets it create the container; returns what it reports.
     fn create_under_monitor(
         &self,
@@ -322,6 +322,15 @@ impl Engine {
                 mon_io.stdin = Some(w);
             }
         }
+        // A monitor that may stand aside needs to see who adopts it, so it
+        // is forked through an intermediate that exits at once; one that
+        // stays (a CRI container's, which copies its log) is forked
+        // directly, a fork and an exit fewer on the container's creation,
+        // and is orphaned when we exit after its report all the same.
+        if !(mode == MonitorMode::Auto && mon_io.log.is_none()) {
+            return self
+                .fork_monitor_directly(cfg, cg, record, dir, mode, report_r, report_w, mon_io);
+        }
         // SAFETY: the CLI is single-threaded when it creates containers.
         match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
             ForkResult::Child => {
@@ -346,18 +355,53 @@ impl Engine {
                 drop(cfg);
                 drop(mon_io);
                 let _ = nix::sys::wait::waitpid(child, None);
-                let mut buf = Vec::new();
-                std::fs::File::from(report_r)
-                    .read_to_end(&mut buf)
-                    .map_err(io("reading the monitor's report"))?;
-                match serde_json::from_slice::<std::result::Result<ContainerState, String>>(&buf) {
-                    Ok(Ok(st)) => Ok(st),
-                    Ok(Err(message)) => Err(EngineError::Reported(message)),
-                    Err(_) => Err(EngineError::Setup {
-                        id: record.id,
-                        message: "the monitor exited without a report".into(),
-                    }),
-                }
+                read_report(report_r, record.id)
+            }
+        }
+    }
+
+    /// [`Self::create_under_monitor`] without the intermediate: the monitor
+    /// is our child until we exit, so it must not wait to be adopted.
+    #[allow(clippy::too_many_arguments)]
+    fn fork_monitor_directly(
+        &self,
+        cfg: InitConfig,
+        cg: &dyn Cgroup,
+        record: ContainerState,
+        dir: &Path,
+        mode: MonitorMode,
+        report_r: OwnedFd,
+        report_w: OwnedFd,
+        mon_io: MonitorIo,
+    ) -> Result<ContainerState> {
+        // SAFETY: the CLI is single-threaded when it creates containers.
+        match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
+            ForkResult::Child => {
+                drop(report_r);
+                // Out of the caller's session and process group, as the
+                // intermediate's child was: a signal to the caller's
+                // terminal must not reach the monitor.
+                let _ = nix::unistd::setsid();
+                // No pid is ours to wait out: nobody adopts us before the
+                // report, and we stay whoever does.
+                let code = self.monitor_main(
+                    cfg,
+                    cg,
+                    record,
+                    dir,
+                    mode,
+                    Pid::from_raw(0),
+                    report_w,
+                    mon_io,
+                );
+                // SAFETY: ends the monitor without unwinding into the CLI's main.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { .. } => {
+                drop(report_w);
+                drop(cfg);
+                drop(mon_io);
+                read_report(report_r, record.id)
             }
         }
     }
@@ -416,7 +460,7 @@ impl Engine {
             // The intermediate exits right after forking us, so by now (the
             // container is made) we are orphaned; see who adopted us.
             let mut spins = 0;
-            while nix::unistd::getppid() == middle && spins < 20_000 {
+            while middle.as_raw() != 0 && nix::unistd::getppid() == middle && spins < 20_000 {
                 std::thread::sleep(std::time::Duration::from_micros(50));
                 spins += 1;
             }
@@ -478,6 +522,23 @@ impl Engine {
             attach: attach_server,
         });
         0
+    }
+}
+
+/// The monitor's report on the container's creation, read until the
+/// monitor closes its end.
+fn read_report(report_r: OwnedFd, id: String) -> Result<ContainerState> {
+    let mut buf = Vec::new();
+    std::fs::File::from(report_r)
+        .read_to_end(&mut buf)
+        .map_err(io("reading the monitor's report"))?;
+    match serde_json::from_slice::<std::result::Result<ContainerState, String>>(&buf) {
+        Ok(Ok(st)) => Ok(st),
+        Ok(Err(message)) => Err(EngineError::Reported(message)),
+        Err(_) => Err(EngineError::Setup {
+            id,
+            message: "the monitor exited without a report".into(),
+        }),
     }
 }
 
