@@ -44,7 +44,7 @@
 //!   error stream; `BrokenPipe`/`ConnectionReset` from the pod side resets
 //!   the forwarded connection instead, and the session goes on.
 //!
-//! ```ignore
+//! ```text
 //! let server = StreamServer::start(StreamConfig::default(), Arc::new(MyBackend)).await?;
 //! // in the Exec RPC:
 //! let resp = server.get_exec(&req).map_err(|e| Status::new(e.grpc_code(), e.to_string()))?;
