@@ -305,32 +305,12 @@ impl Containerd {
                 let _ = self.ctr_timeout(&["images", "rm", &i], Duration::from_secs(30));
             }
         }
-        let pid = daemon.pid();
-        // SAFETY: signalling the daemon we started.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        if daemon.wait(Duration::from_secs(10)).is_err() {
-            eprintln!("containerd did not stop on SIGTERM; killed");
-        }
-        // Shims started by this daemon carry its socket address.
-        let sock = self.socket.to_string_lossy().into_owned();
-        for p in proc::pids() {
-            let cl = proc::cmdline(p);
-            if cl.contains("containerd-shim") && cl.contains(&sock) {
-                // SAFETY: a shim of the daemon we started.
-                unsafe { libc::kill(p, libc::SIGKILL) };
-            }
-        }
+        stop_with_shims(daemon, &self.socket);
         self.remove_namespace_cgroups();
         if let Some(cri) = &self.cri {
             cri.clean();
         }
-        for m in mounts_below(&self.dir).into_iter().rev() {
-            if let Ok(c) = std::ffi::CString::new(m.to_string_lossy().as_bytes()) {
-                // SAFETY: detaching a mount below our own temp dir.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
-        remove_tree_if_unmounted(&self.dir);
+        unmount_and_remove(&self.dir);
         if !self.run_dir_existed {
             // Only empty directories are removed.
             for d in ["fifo", "s", ""] {
@@ -418,16 +398,35 @@ fn cri_config(dir: &Path, socket: &Path, cgroup_root: &str, opts: &CriOptions) -
         );
     }
     let mut config = base_config(dir, socket, &[]);
-    config.push_str(&format!(
+    config.push_str(&cri_plugin_config(
+        &opts.sandbox_image,
+        &wrapper,
+        &dir.join("runc"),
+        dir,
+    ));
+    Ok(config)
+}
+
+/// The config every private containerd shares: paths in `dir`, the socket,
+/// and the plugins it has no use for, plus `disabled`.
+/// The CRI plugin's section of a containerd config: `sandbox_image`, runc
+/// as `binary` with its state in `runc_root`, CNI from `<dir>/cni`, pod
+/// namespaces in the state dir, and what this machine needs (no negative
+/// oom_score_adj: root here lacks CAP_SYS_RESOURCE).
+pub fn cri_plugin_config(
+    sandbox_image: &str,
+    binary: &Path,
+    runc_root: &Path,
+    dir: &Path,
+) -> String {
+    format!(
         r#"
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{image}"
+  sandbox_image = "{sandbox_image}"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   enable_selinux = false
-  # Root here lacks CAP_SYS_RESOURCE: no negative oom_score_adj.
   restrict_oom_score_adj = true
-  # Pod network namespaces in our state dir, not /run/netns.
   netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -435,23 +434,50 @@ fn cri_config(dir: &Path, socket: &Path, cgroup_root: &str, opts: &CriOptions) -
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        BinaryName = "{wrapper}"
-        Root = "{d}/runc"
+        BinaryName = "{binary}"
+        Root = "{runc_root}"
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{d}/cni/bin"
     conf_dir = "{d}/cni/net.d"
     max_conf_num = 1
 "#,
-        image = opts.sandbox_image,
-        wrapper = wrapper.display(),
+        binary = binary.display(),
+        runc_root = runc_root.display(),
         d = dir.display(),
-    ));
-    Ok(config)
+    )
 }
 
-/// The config every private containerd shares: paths in `dir`, the socket,
-/// and the plugins it has no use for, plus `disabled`.
+/// SIGTERM to a containerd we started (SIGKILL if it lingers), then SIGKILL
+/// to its shims, which carry its socket's path on their command lines.
+pub fn stop_with_shims(daemon: Spawned, socket: &Path) {
+    // SAFETY: signalling the daemon we started.
+    unsafe { libc::kill(daemon.pid(), libc::SIGTERM) };
+    if daemon.wait(Duration::from_secs(10)).is_err() {
+        eprintln!("containerd did not stop on SIGTERM; killed");
+    }
+    let sock = socket.to_string_lossy().into_owned();
+    for p in proc::pids() {
+        let cl = proc::cmdline(p);
+        if cl.contains("containerd-shim") && cl.contains(&sock) {
+            // SAFETY: a shim of the daemon we started.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Detaches every mount below `dir` (deepest first) and removes `dir`
+/// unless something is still mounted there.
+pub fn unmount_and_remove(dir: &Path) {
+    for m in mounts_below(dir).into_iter().rev() {
+        if let Ok(c) = std::ffi::CString::new(m.to_string_lossy().as_bytes()) {
+            // SAFETY: detaching a mount below our own temp dir.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    remove_tree_if_unmounted(dir);
+}
+
 fn base_config(dir: &Path, socket: &Path, disabled: &[&str]) -> String {
     let mut plugins: Vec<&str> = disabled.to_vec();
     plugins.extend([

@@ -5,17 +5,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::json;
 
-use crate::containerd::kill_and_remove_cgroup;
+use crate::containerd::{kill_and_remove_cgroup, stop_with_shims, unmount_and_remove};
 use crate::exec::{Spawned, spawn_daemon};
 use crate::netns::NetNs;
 use crate::proc;
 use crate::runtime::which;
-use crate::workdir::{mounts_below, remove_tree_if_unmounted, tempdir};
+use crate::workdir::tempdir;
 
 const CONTAINERD: &str = "/usr/bin/containerd";
 const RUNC: &str = "/usr/sbin/runc";
@@ -130,34 +129,18 @@ disabled_plugins = [
 [plugins."io.containerd.internal.v1.opt"]
   path = "{d}/opt"
 
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{sandbox_image}"
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-  # Root here lacks CAP_SYS_RESOURCE: runc could not give the sandbox its
-  # oom_score_adj of -998.
-  restrict_oom_score_adj = true
-  # Pod namespaces pinned in our state dir, not /run/netns.
-  netns_mounts_under_state_dir = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        BinaryName = "{RUNC}"
-        Root = "{d}/run/runc"
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{d}/cni/bin"
-    conf_dir = "{d}/cni/net.d"
-    max_conf_num = 1
-  [plugins."io.containerd.grpc.v1.cri".registry]
+{cri}  [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{d}/certs.d"
 "#,
             d = self.dir.display(),
             s = self.socket.display(),
+            cri = crate::containerd::cri_plugin_config(
+                sandbox_image,
+                Path::new(RUNC),
+                &self.dir.join("run/runc"),
+                &self.dir,
+            )
+            .trim_start(),
         )
     }
 
@@ -186,33 +169,14 @@ disabled_plugins = [
         let Some(daemon) = self.daemon.take() else {
             return;
         };
-        // SAFETY: signalling the daemon we started.
-        unsafe { libc::kill(daemon.pid(), libc::SIGTERM) };
-        if daemon.wait(Duration::from_secs(10)).is_err() {
-            eprintln!("bench: containerd did not stop on SIGTERM; killed");
-        }
-        // Shims started by this daemon carry its socket address.
-        let sock = self.socket.to_string_lossy().into_owned();
-        for p in proc::pids() {
-            let cl = proc::cmdline(p);
-            if cl.contains("containerd-shim") && cl.contains(&sock) {
-                // SAFETY: a shim of the daemon we started.
-                unsafe { libc::kill(p, libc::SIGKILL) };
-            }
-        }
+        stop_with_shims(daemon, &self.socket);
         for h in proc::cgroup_hierarchies() {
             let base = h.join(&self.cgroup_parent);
             if base.is_dir() {
                 kill_and_remove_cgroup(&base);
             }
         }
-        for m in mounts_below(&self.dir).into_iter().rev() {
-            if let Ok(c) = std::ffi::CString::new(m.to_string_lossy().as_bytes()) {
-                // SAFETY: detaching a mount below our own temp dir.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
-        remove_tree_if_unmounted(&self.dir);
+        unmount_and_remove(&self.dir);
         if !self.run_dir_existed {
             // Only empty directories go.
             for d in ["s", ""] {
