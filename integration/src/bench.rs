@@ -69,6 +69,22 @@ pub fn default_berth() -> Result<PathBuf> {
     }
 }
 
+/// The berth binary a bench runs: `given`, else [`default_berth`]; checked
+/// to exist and made absolute, since containerd runs berth's CNI plugins
+/// through symlinks to it, which must resolve from any directory.
+pub fn berth_path(given: Option<PathBuf>) -> Result<PathBuf> {
+    let berth = match given {
+        Some(b) => b,
+        None => default_berth()?,
+    };
+    anyhow::ensure!(
+        berth.is_file(),
+        "{} not found: cargo build --release -p berth",
+        berth.display()
+    );
+    Ok(std::fs::canonicalize(&berth)?)
+}
+
 /// The nearest-rank `p`th percentile (`p` in 0..=100) of a non-empty sample.
 pub fn percentile<T: Copy + Ord>(v: &[T], p: f64) -> T {
     let mut s = v.to_vec();

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use berth_integration::bench::{self, BUSYBOX, PAUSE, default_berth, loadavg, percentile, rollup};
+use berth_integration::bench::{self, BUSYBOX, PAUSE, berth_path, loadavg, percentile, rollup};
 use berth_integration::containerd_cri::{ContainerdCri, conflist, tail};
 use berth_integration::cri::{CriDaemon, Options};
 use berth_integration::forward::Forwarder;
@@ -73,18 +73,7 @@ fn parse_args() -> Result<Args> {
         "--n must be a multiple of {WORKERS} (the concurrent phase starts {WORKERS} pods at a time)"
     );
     ensure!(pods >= 1, "--pods must be at least 1");
-    let berth = match berth {
-        Some(b) => b,
-        None => default_berth()?,
-    };
-    ensure!(
-        berth.is_file(),
-        "{} not found: cargo build --release -p berth",
-        berth.display()
-    );
-    // containerd runs berth's plugins through symlinks; an absolute target
-    // keeps them valid from any directory.
-    let berth = std::fs::canonicalize(&berth)?;
+    let berth = berth_path(berth)?;
     Ok(Args {
         n,
         pods,

@@ -24,7 +24,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
-use berth_integration::bench::{self, BUSYBOX, PAUSE, default_berth, loadavg, percentile, rollup};
+use berth_integration::bench::{self, BUSYBOX, PAUSE, berth_path, loadavg, percentile, rollup};
 use berth_integration::containerd_cri::{ContainerdCri, conflist, tail};
 use berth_integration::cri::{CriDaemon, Options};
 use berth_integration::exec::{Spawned, spawn_daemon};
@@ -96,17 +96,7 @@ fn parse_args() -> Result<Args> {
         "--pods: counts of at least 1"
     );
     ensure!(idle >= 1, "--idle-seconds must be at least 1");
-    let berth = match berth {
-        Some(b) => b,
-        None => default_berth()?,
-    };
-    ensure!(
-        berth.is_file(),
-        "{} not found: cargo build --release -p berth",
-        berth.display()
-    );
-    // containerd runs berth's CNI plugins through symlinks to it.
-    let berth = std::fs::canonicalize(&berth)?;
+    let berth = berth_path(berth)?;
     if let Some(d) = &node_logs {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }

@@ -430,6 +430,8 @@ struct StatusInputs {
     sandbox_ips: Option<(String, Vec<IpAddr>)>,
     /// The status published last.
     last: Option<PodStatus>,
+    /// What the last sync saw, when it changed nothing.
+    unchanged: Option<Observed>,
 }
 
 /// Whether two observations of an instance are the same state (a running
@@ -459,6 +461,7 @@ impl PodWorker {
                 details: HashMap::new(),
                 sandbox_ips: None,
                 last: None,
+                unchanged: None,
             },
             running: HashMap::new(),
             startup_passed: HashSet::new(),
@@ -636,6 +639,7 @@ impl PodWorker {
     /// One sync: observe, compute, act.
     pub async fn sync(&mut self) -> Result<Outcome, WorkerError> {
         let cri = self.shared.cri.clone();
+        self.report.unchanged = None;
         let mut observed = observe(&cri, &self.uid).await?;
         observed.unstarted = self.unstarted(&observed);
         let actions = compute(&self.pod, &observed, &self.backoff, now_nanos());
@@ -679,6 +683,10 @@ impl PodWorker {
             self.outcome = Some(actions.outcome);
         }
         if actions.start.is_empty() {
+            if !actions.kill_pod && actions.kill.is_empty() {
+                // Nothing changed: the status can use this look.
+                self.report.unchanged = Some(observed);
+            }
             return Ok(actions.outcome);
         }
 
@@ -956,7 +964,11 @@ impl PodWorker {
     /// publishes it in the shared store.
     pub async fn publish_status(&mut self) -> Result<(), WorkerError> {
         let cri = self.shared.cri.clone();
-        let observed = observe(&cri, &self.uid).await?;
+        // The sync's own look when it changed nothing, else a fresh one.
+        let observed = match self.report.unchanged.take() {
+            Some(o) => o,
+            None => observe(&cri, &self.uid).await?,
+        };
         let report = &mut self.report;
         report
             .details
